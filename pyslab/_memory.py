@@ -1,0 +1,69 @@
+"""Raw access to process memory: the free-list node layout and a word view of the address space.
+
+``FreeNode`` is the layout of a free slot: its first pointer-sized word holds the address of the
+next free slot of the same slab, or 0 at the end of the list. C code, or
+``ctypes.cast(address, POINTER(FreeNode))``, can walk any pyslab free list.
+
+The allocator's hot path reads and writes those next pointers through ``WORDS``, a ``memoryview``
+of pointer-sized unsigned integers laid over the whole address space: ``WORDS[address >> 3]`` is
+the word at ``address``. Indexing a memoryview costs a few tens of nanoseconds where
+``FreeNode.from_address`` costs several hundred, and no Python object exists per slot.
+``WORDS`` and ``BYTES`` are only ever indexed at addresses the allocator has already proven it
+owns (invariant 1 of the package docstring); an index anywhere else would touch unmapped memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+from collections.abc import Iterator
+from typing import Final
+
+from ._libc import POINTER_SIZE
+
+__all__ = ["BYTES", "WORDS", "WORD_SHIFT", "FreeNode", "copy", "fill", "read_free_list"]
+
+
+class FreeNode(ctypes.Structure):
+    """A free slot seen as C sees it: one pointer to the next free slot (NULL ends the list)."""
+
+    _fields_ = [("next", ctypes.c_void_p)]
+
+
+WORD_SHIFT: Final[int] = POINTER_SIZE.bit_length() - 1
+_WORD_FORMAT: Final[str] = {8: "Q", 4: "I"}[POINTER_SIZE]
+# Covers [0, 2**62): every user-space address of x86-64 (47 or 56 bits) and aarch64 (48 or 52).
+_SPAN: Final[int] = 1 << (62 if sys.maxsize > 2**32 else 30)
+_ADDRESS_SPACE = (ctypes.c_char * _SPAN).from_address(0)
+BYTES: Final[memoryview] = memoryview(_ADDRESS_SPACE).cast("B")
+WORDS: Final[memoryview] = BYTES.cast(_WORD_FORMAT)
+
+assert ctypes.sizeof(FreeNode) == POINTER_SIZE, "a free slot must hold exactly one pointer"
+
+
+def read_free_list(head: int, limit: int) -> Iterator[int]:
+    """Yield the addresses of a free list from ``head``, reading each next pointer from memory.
+
+    The next pointer of a node is read only when the caller asks for the following node, so a
+    caller that checks each yielded address (inside its slab, at a slot start) and stops at the
+    first bad one never dereferences a corrupted pointer. Stops after ``limit`` nodes so that a
+    cyclic list cannot loop forever.
+
+    Complexity: O(length of the list).
+    """
+    node = head
+    seen = 0
+    while node and seen < limit:
+        yield node
+        node = ctypes.cast(node, ctypes.POINTER(FreeNode)).contents.next or 0
+        seen += 1
+
+
+def fill(address: int, byte: int, size: int) -> None:
+    """Set ``size`` bytes at ``address`` to ``byte`` (C ``memset``)."""
+    ctypes.memset(address, byte, size)
+
+
+def copy(destination: int, source: int, size: int) -> None:
+    """Copy ``size`` bytes, ranges may overlap (C ``memmove``)."""
+    ctypes.memmove(destination, source, size)

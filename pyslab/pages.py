@@ -1,0 +1,108 @@
+"""Page sources: where slab memory comes from and where it goes back.
+
+The allocator asks its page source for one slab at a time and gives slabs back one at a time; it
+never calls ``mmap`` itself. Any object with the methods of :class:`PageSource` can be passed as
+``SlabAllocator(page_source=...)``, for example a source that reserves one region up front.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from . import _libc
+
+__all__ = ["MmapPageSource", "PageSource"]
+
+
+@runtime_checkable
+class PageSource(Protocol):
+    """Hands out and takes back slab memory.
+
+    Contract: ``map_slab`` returns the address of ``size`` bytes of readable and writable memory
+    aligned to ``size`` (so that ``address & ~(size - 1)`` finds the slab of any byte in it),
+    that no other user holds; ``release_slab`` takes back exactly such a region.
+    """
+
+    @property
+    def page_size(self) -> int:
+        """The OS page size this source works in."""
+        ...
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes currently handed out to the allocator."""
+        ...
+
+    def map_slab(self, size: int) -> int:
+        """Return a fresh region of ``size`` bytes aligned to ``size``.
+
+        Raises:
+            MemoryError: no memory is left; the source is unchanged.
+        """
+        ...
+
+    def release_slab(self, address: int, size: int) -> None:
+        """Take back a region that :meth:`map_slab` returned."""
+        ...
+
+    def close(self) -> None:
+        """Release whatever the source itself still holds."""
+        ...
+
+
+class MmapPageSource:
+    """The default source: each slab is its own anonymous ``mmap``, unmapped when released.
+
+    A slab larger than a page is aligned to its size by mapping ``2 * size - page`` bytes and
+    unmapping the unaligned head and tail.
+
+    Complexity: one ``mmap`` per slab (three system calls when ``size`` exceeds a page), one
+    ``munmap`` per release.
+    """
+
+    def __init__(self) -> None:
+        self._page_size = _libc.PAGE_SIZE
+        self._mapped = 0
+
+    @property
+    def page_size(self) -> int:
+        """The OS page size, read at run time."""
+        return self._page_size
+
+    @property
+    def mapped_bytes(self) -> int:
+        """Bytes currently mapped for the allocator."""
+        return self._mapped
+
+    def map_slab(self, size: int) -> int:
+        """Map a zeroed region of ``size`` bytes aligned to ``size``.
+
+        Raises:
+            MemoryError: the kernel refused (``ENOMEM``).
+            OSError: any other ``mmap`` failure.
+        """
+        if size <= self._page_size:
+            address = _libc.map_anonymous(size)
+        else:
+            address = self._map_aligned(size)
+        self._mapped += size
+        return address
+
+    def _map_aligned(self, size: int) -> int:
+        span = 2 * size - self._page_size
+        raw = _libc.map_anonymous(span)
+        start = (raw + size - 1) & ~(size - 1)
+        if start > raw:
+            _libc.unmap(raw, start - raw)
+        tail = raw + span - (start + size)
+        if tail:
+            _libc.unmap(start + size, tail)
+        return start
+
+    def release_slab(self, address: int, size: int) -> None:
+        """Unmap the region: its pages leave the process at once."""
+        _libc.unmap(address, size)
+        self._mapped -= size
+
+    def close(self) -> None:
+        """Nothing to do: every slab is its own mapping and the allocator releases each."""

@@ -1,0 +1,201 @@
+"""The policy interface: where the allocator asks a plugin to decide, and what plugins may observe.
+
+A policy is a subclass of :class:`Policy` that overrides some of its hooks. There are two kinds:
+
+*Decisions* (one answer each; the last policy of a composition that overrides a decision
+provides it, every composition starting from ``first-fit``):
+
+- :meth:`Policy.select_slab`: which slab of a class serves allocations once the current one is
+  full; ``None`` asks the core for a new slab.
+- :meth:`Policy.find_owner`: which slab owns a freed address; ``None`` when no slab does.
+- :meth:`Policy.keep_empty`: whether a slab that just became empty stays cached or goes back to
+  the page source at once.
+- :meth:`Policy.slab_color`: the offset of slot 0 in a new slab (slab coloring).
+
+*Notifications* (every policy that overrides one is called, in composition order):
+``slab_added``, ``slab_removed``, ``slab_refilled`` (a full slab got a free slot),
+``block_allocated`` and ``block_freed`` (every allocation and free of a slab block).
+
+Hooks are resolved once, when the allocator is built or its policy set: a notification that no
+policy overrides costs nothing, and the per-block hooks switch the allocator to its observed
+variants only when some policy overrides them. Every hook runs under the allocator's lock, in the
+state the docstring of the hook describes. A hook must not call the allocator it is bound to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar, Protocol
+
+from .errors import PolicyError
+from .slab import SizeClass, Slab
+
+if TYPE_CHECKING:
+    from .pages import PageSource
+
+__all__ = ["Heap", "Policy", "ResolvedPolicy", "resolve"]
+
+
+class Heap(Protocol):
+    """What a bound policy may see of its allocator."""
+
+    @property
+    def size_classes(self) -> Sequence[SizeClass]:
+        """Every size class, smallest slot first."""
+        ...
+
+    @property
+    def slab_size(self) -> int:
+        """Bytes per slab (a power of two, a multiple of the page size)."""
+        ...
+
+    @property
+    def page_source(self) -> PageSource:
+        """The source slabs are mapped from."""
+        ...
+
+
+class Policy:
+    """Base class of every policy plugin. Override the hooks the policy decides or observes.
+
+    Class attributes ``name`` and ``description`` identify the policy; a plugin registered under
+    the entry-point group ``pyslab.policies`` should use its entry-point name as ``name``.
+    An instance serves one allocator at a time: :meth:`bind` is called when it is attached.
+    """
+
+    name: ClassVar[str] = "policy"
+    description: ClassVar[str] = ""
+
+    def bind(self, heap: Heap) -> None:
+        """Attach to an allocator. Called once, before any other hook, under the lock.
+
+        The heap may already hold slabs (``set_policy`` on a live allocator): they are then
+        announced through :meth:`slab_added` right after this call.
+        """
+        self.heap = heap
+
+    def unbind(self) -> None:
+        """Detach from the allocator (``set_policy`` replaced this policy, or ``close``)."""
+
+    # --- decisions -------------------------------------------------------------------------
+
+    def select_slab(self, size_class: SizeClass) -> Slab | None:
+        """Return a slab of ``size_class`` with a free slot, or None to have a new one created.
+
+        Called when ``size_class.current`` is None. The answer becomes ``current``.
+        """
+        raise NotImplementedError
+
+    def find_owner(self, address: int) -> Slab | None:
+        """Return the slab whose mapping contains ``address``, or None when no slab does.
+
+        The core then checks that ``address`` is a live block's start in that slab.
+        """
+        raise NotImplementedError
+
+    def keep_empty(self, size_class: SizeClass, slab: Slab) -> bool:
+        """Decide the fate of ``slab``, which just became empty: True keeps it cached.
+
+        ``slab`` is already in ``size_class.empty``. Returning False gives it back to the page
+        source at once (after :meth:`slab_removed`).
+        """
+        raise NotImplementedError
+
+    def slab_color(self, size_class: SizeClass, serial: int) -> int:
+        """Offset in bytes of slot 0 in the new slab number ``serial`` of ``size_class``.
+
+        Must be a multiple of ``size_class.alignment`` and leave room for at least one slot.
+        """
+        raise NotImplementedError
+
+    # --- notifications ---------------------------------------------------------------------
+
+    def slab_added(self, size_class: SizeClass, slab: Slab) -> None:
+        """``slab`` joined ``size_class`` (new, or already there when the policy was set)."""
+
+    def slab_removed(self, size_class: SizeClass, slab: Slab) -> None:
+        """``slab`` is about to go back to the page source; it is empty."""
+
+    def slab_refilled(self, size_class: SizeClass, slab: Slab) -> None:
+        """``slab`` was full and a free just gave it a free slot."""
+
+    def block_allocated(self, slab: Slab, address: int, size: int) -> None:
+        """A block of ``size`` requested bytes was handed out at ``address`` from ``slab``."""
+
+    def block_freed(self, slab: Slab, address: int) -> None:
+        """The block at ``address`` went back to ``slab``."""
+
+    def __repr__(self) -> str:
+        return f"<policy {self.name}>"
+
+
+_DECISIONS = ("select_slab", "find_owner", "keep_empty", "slab_color")
+_NOTIFICATIONS = ("slab_added", "slab_removed", "slab_refilled", "block_allocated", "block_freed")
+
+
+def _overrides(policy: Policy, hook: str) -> bool:
+    return getattr(type(policy), hook) is not getattr(Policy, hook)
+
+
+def _chain(calls: list[Callable[..., None]]) -> Callable[..., None] | None:
+    if not calls:
+        return None
+    if len(calls) == 1:
+        return calls[0]
+
+    def each(*args: object) -> None:
+        for call in calls:
+            call(*args)
+
+    return each
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """A composition with every hook resolved to one callable (or None: nobody listens)."""
+
+    policies: tuple[Policy, ...]
+    select_slab: Callable[[SizeClass], Slab | None]
+    find_owner: Callable[[int], Slab | None]
+    keep_empty: Callable[[SizeClass, Slab], bool]
+    slab_color: Callable[[SizeClass, int], int]
+    slab_added: Callable[[SizeClass, Slab], None] | None
+    slab_removed: Callable[[SizeClass, Slab], None] | None
+    slab_refilled: Callable[[SizeClass, Slab], None] | None
+    block_allocated: Callable[[Slab, int, int], None] | None
+    block_freed: Callable[[Slab, int], None] | None
+
+    @property
+    def name(self) -> str:
+        """The composition as ``a+b+c``, without the implicit ``first-fit`` base."""
+        names = [p.name for p in self.policies[1:]] or [self.policies[0].name]
+        return "+".join(names)
+
+    @property
+    def observes_blocks(self) -> bool:
+        """True when some policy watches every allocation or free."""
+        return self.block_allocated is not None or self.block_freed is not None
+
+
+def resolve(policies: Sequence[Policy]) -> ResolvedPolicy:
+    """Resolve the hooks of ``policies`` (the first provides every decision) once.
+
+    Raises:
+        PolicyError: a policy appears twice, or the first leaves a decision unprovided.
+
+    Complexity: O(number of policies), paid once per ``SlabAllocator``/``set_policy``.
+    """
+    if len({id(p) for p in policies}) != len(policies):
+        raise PolicyError(f"a policy instance appears twice in {list(policies)!r}")
+    decisions: dict[str, Callable[..., object]] = {}
+    for hook in _DECISIONS:
+        providers = [p for p in policies if _overrides(p, hook)]
+        if not providers:
+            raise PolicyError(f"no policy in {list(policies)!r} decides {hook}")
+        decisions[hook] = getattr(providers[-1], hook)
+    notify = {
+        hook: _chain([getattr(p, hook) for p in policies if _overrides(p, hook)])
+        for hook in _NOTIFICATIONS
+    }
+    return ResolvedPolicy(tuple(policies), **decisions, **notify)  # type: ignore[arg-type]

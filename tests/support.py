@@ -1,0 +1,63 @@
+"""Helpers shared by the tests: configurations, block patterns, and heap snapshots."""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass
+
+import pyslab
+
+CONFIGURATIONS: tuple[str, ...] = (
+    "first-fit",
+    "dict-lookup",
+    "reclaim",
+    "dict-lookup+reclaim",
+    "reclaim+dict-lookup",
+)
+"""Every built-in policy alone and in every composition that makes sense."""
+
+
+def pattern_byte(block_id: int) -> int:
+    """A distinct, never-zero fill byte per block."""
+    return block_id % 251 + 1
+
+
+def fill_block(address: int, size: int, byte: int) -> None:
+    ctypes.memset(address, byte, size)
+
+
+def block_intact(address: int, size: int, byte: int) -> bool:
+    return ctypes.string_at(address, size) == bytes([byte]) * size
+
+
+@dataclass(frozen=True)
+class HeapSnapshot:
+    """Everything observable about an allocator: stats, every slab's fields, live bytes."""
+
+    stats: pyslab.AllocatorStats
+    slabs: tuple[tuple[int, int, int, int, int, int], ...]
+    contents: tuple[bytes, ...]
+
+
+def snapshot(allocator: pyslab.SlabAllocator, blocks: dict[int, int]) -> HeapSnapshot:
+    """Capture the allocator and the bytes of ``blocks`` (address -> size)."""
+    slabs = tuple(
+        (s.base, s.free, s.bump, s.used, s.live, s.size_class.slot_size)
+        for s in allocator.slabs()
+    )
+    contents = tuple(ctypes.string_at(a, n) for a, n in sorted(blocks.items()))
+    return HeapSnapshot(allocator.stats(), slabs, contents)
+
+
+def mapped_ranges() -> list[tuple[int, int]]:
+    """The address ranges this process has mapped, read from /proc/self/maps."""
+    ranges = []
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            start, end = line.split()[0].split("-")
+            ranges.append((int(start, 16), int(end, 16)))
+    return ranges
+
+
+def is_mapped(address: int) -> bool:
+    return any(start <= address < end for start, end in mapped_ranges())
