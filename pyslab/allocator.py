@@ -621,6 +621,14 @@ class SlabAllocator:
     ) -> None:
         self.close()
 
+    # --- ctypes buffers and the C-callable allocator (issue 3) ---------------------------------
+
+    # --- typed slabs and object caches (issue 5) -----------------------------------------------
+
+    # --- statistics report (issue 4) -----------------------------------------------------------
+
+    # --- heap pictures (issue 9) ---------------------------------------------------------------
+
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{sum(len(c.slabs) for c in self._classes)} slabs"
         return f"<SlabAllocator policy={self._policy.name} {state}>"
