@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyslab import Heap, Policy, SizeClass, Slab
+from pyslab import Heap, MemorySlab, Policy, SizeClass
 
 
 class DictLookup(Policy):
@@ -20,18 +20,18 @@ class DictLookup(Policy):
     def bind(self, heap: Heap) -> None:
         """Start with an empty table; existing slabs are announced through slab_added."""
         super().bind(heap)
-        self._by_base: dict[int, Slab] = {}
+        self._by_base: dict[int, MemorySlab] = {}
         self._mask = ~(heap.slab_size - 1)
 
-    def slab_added(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Index the new slab by its base."""
         self._by_base[slab.base] = slab
 
-    def slab_removed(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Forget a slab going back to the page source."""
         del self._by_base[slab.base]
 
-    def find_owner(self, address: int) -> Slab | None:
+    def find_owner(self, address: int) -> MemorySlab | None:
         """The slab whose mapping contains ``address``. Complexity: O(1)."""
         return self._by_base.get(address & self._mask)
 

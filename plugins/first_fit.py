@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyslab import Policy, SizeClass, Slab
+from pyslab import MemorySlab, Policy, SizeClass
 
 
 class FirstFit(Policy):
@@ -22,14 +22,14 @@ class FirstFit(Policy):
     name = "first-fit"
     description = "the seed's design: newest slab with a free slot; owner found by an O(slabs) walk"
 
-    def select_slab(self, size_class: SizeClass) -> Slab | None:
+    def select_slab(self, size_class: SizeClass) -> MemorySlab | None:
         """The newest slab with a free slot, or None. Complexity: O(slabs of the class)."""
         for slab in reversed(size_class.slabs):
             if slab.used < slab.capacity:
                 return slab
         return None
 
-    def find_owner(self, address: int) -> Slab | None:
+    def find_owner(self, address: int) -> MemorySlab | None:
         """The slab containing ``address``, by walking them all. Complexity: O(slabs)."""
         for size_class in self.heap.size_classes:
             for slab in size_class.slabs:
@@ -37,7 +37,7 @@ class FirstFit(Policy):
                     return slab
         return None
 
-    def keep_empty(self, size_class: SizeClass, slab: Slab) -> bool:
+    def keep_empty(self, size_class: SizeClass, slab: MemorySlab) -> bool:
         """Always keep: the seed never returns a slab."""
         return True
 
@@ -45,7 +45,7 @@ class FirstFit(Policy):
         """No coloring: slot 0 at the start of the slab."""
         return 0
 
-    def slab_refilled(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_refilled(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Keep ``current`` the newest slab with a free slot. Complexity: O(1)."""
         current = size_class.current
         if current is None or slab.serial > current.serial:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pyslab import Policy, SizeClass, Slab
+from pyslab import MemorySlab, Policy, SizeClass
 
 
 class Reclaim(Policy):
@@ -30,6 +30,6 @@ class Reclaim(Policy):
             raise ValueError(f"keep must be at least 0, not {keep}")
         self.keep = keep
 
-    def keep_empty(self, size_class: SizeClass, slab: Slab) -> bool:
+    def keep_empty(self, size_class: SizeClass, slab: MemorySlab) -> bool:
         """Keep ``slab`` while the class has at most ``keep`` empty slabs. Complexity: O(1)."""
         return len(size_class.empty) <= self.keep

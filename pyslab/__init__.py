@@ -9,7 +9,7 @@ page
     The OS page (``os.sysconf("SC_PAGE_SIZE")``, read at run time, never assumed).
 slab
     A ``slab_size`` region (default 4096 bytes, a power-of-two multiple of the page size,
-    aligned to its size) carved into equal slots. :class:`Slab`.
+    aligned to its size) carved into equal slots. :class:`MemorySlab`.
 slot
     One fixed-size piece of a slab; a *block* is a slot handed out to a caller.
 size class
@@ -100,7 +100,7 @@ from .errors import (
 from .pages import MmapPageSource, PageSource
 from .policy import Heap, Policy, ResolvedPolicy
 from .registry import PolicySpec, make_policy, policies
-from .slab import SizeClass, Slab, SlabState
+from .slab import MemorySlab, SizeClass, SlabState
 from .stats import AllocatorStats, ClassStats
 
 __all__ = [
@@ -112,6 +112,7 @@ __all__ = [
     "FreeNode",
     "Heap",
     "InvalidFreeError",
+    "MemorySlab",
     "MmapPageSource",
     "PageSource",
     "Policy",
@@ -121,7 +122,6 @@ __all__ = [
     "PyslabWarning",
     "ResolvedPolicy",
     "SizeClass",
-    "Slab",
     "SlabAllocator",
     "SlabState",
     "UnknownPolicyError",

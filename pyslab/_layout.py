@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Final
 
@@ -45,7 +46,7 @@ def check_layout(size_classes: Sequence[int], slab_size: int) -> tuple[int, ...]
             )
         if slot > slab_size:
             raise ValueError(f"size class {slot} is larger than the slab size {slab_size}")
-    for smaller, larger in zip(classes, classes[1:]):
+    for smaller, larger in itertools.pairwise(classes):
         if larger <= smaller:
             raise ValueError(f"size classes must ascend strictly: {smaller} then {larger}")
     return classes

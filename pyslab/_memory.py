@@ -31,12 +31,11 @@ class FreeNode(ctypes.Structure):
 
 
 WORD_SHIFT: Final[int] = POINTER_SIZE.bit_length() - 1
-_WORD_FORMAT: Final[str] = {8: "Q", 4: "I"}[POINTER_SIZE]
 # Covers [0, 2**62): every user-space address of x86-64 (47 or 56 bits) and aarch64 (48 or 52).
 _SPAN: Final[int] = 1 << (62 if sys.maxsize > 2**32 else 30)
 _ADDRESS_SPACE = (ctypes.c_char * _SPAN).from_address(0)
-BYTES: Final[memoryview] = memoryview(_ADDRESS_SPACE).cast("B")
-WORDS: Final[memoryview] = BYTES.cast(_WORD_FORMAT)
+BYTES: Final[memoryview[int]] = memoryview(_ADDRESS_SPACE).cast("B")
+WORDS: Final[memoryview[int]] = BYTES.cast("P")  # "P": a native pointer-sized word
 
 assert ctypes.sizeof(FreeNode) == POINTER_SIZE, "a free slot must hold exactly one pointer"
 

@@ -25,9 +25,9 @@ from .errors import (
     PyslabWarning,
 )
 from .pages import MmapPageSource, PageSource
-from .policy import Policy, ResolvedPolicy, resolve
+from .policy import ResolvedPolicy, resolve
 from .registry import PolicySpec, parse_policies
-from .slab import SizeClass, Slab
+from .slab import MemorySlab, SizeClass
 from .stats import AllocatorStats, ClassStats
 
 __all__ = ["SlabAllocator"]
@@ -181,12 +181,12 @@ class SlabAllocator:
         self._block_allocated(slab, address, size)
         return address
 
-    def _refill(self, size_class: SizeClass) -> Slab:
+    def _refill(self, size_class: SizeClass) -> MemorySlab:
         slab = self._select_slab(size_class) or self._new_slab(size_class)
         size_class.current = slab
         return slab
 
-    def _new_slab(self, size_class: SizeClass) -> Slab:
+    def _new_slab(self, size_class: SizeClass) -> MemorySlab:
         serial = self._serial
         color = self._slab_color(size_class, serial)
         if (
@@ -200,7 +200,7 @@ class SlabAllocator:
                 f"be a multiple of {size_class.alignment} leaving room for one slot"
             )
         base = self._source.map_slab(self._slab_size)
-        slab = Slab(size_class, base, color, self._slab_size, serial)
+        slab = MemorySlab(size_class, base, color, self._slab_size, serial)
         self._serial = serial + 1
         size_class.slabs[slab] = None
         size_class.empty[slab] = None
@@ -318,7 +318,7 @@ class SlabAllocator:
                 if self._backlog:
                     self._settle()
 
-    def _give_back_plain(self, slab: Slab, ptr: int) -> None:
+    def _give_back_plain(self, slab: MemorySlab, ptr: int) -> None:
         # Lock held, busy set. Every check comes before the first write, so that a rejected
         # address leaves the slab exactly as it was.
         bit = 1 << ((ptr - slab.base) >> WORD_SHIFT)
@@ -337,22 +337,22 @@ class SlabAllocator:
         if used == 1:
             self._slab_became_empty(size_class, slab)
 
-    def _give_back_observed(self, slab: Slab, ptr: int) -> None:
+    def _give_back_observed(self, slab: MemorySlab, ptr: int) -> None:
         self._give_back_plain(slab, ptr)
         self._block_freed(slab, ptr)
 
-    def _slab_became_partial(self, size_class: SizeClass, slab: Slab) -> None:
+    def _slab_became_partial(self, size_class: SizeClass, slab: MemorySlab) -> None:
         if size_class.current is None:
             size_class.current = slab
         if self._slab_refilled is not None:
             self._slab_refilled(size_class, slab)
 
-    def _slab_became_empty(self, size_class: SizeClass, slab: Slab) -> None:
+    def _slab_became_empty(self, size_class: SizeClass, slab: MemorySlab) -> None:
         size_class.empty[slab] = None
         if not self._keep_empty(size_class, slab):
             self._release_slab(size_class, slab)
 
-    def _release_slab(self, size_class: SizeClass, slab: Slab) -> None:
+    def _release_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
         if self._slab_removed is not None:
             self._slab_removed(size_class, slab)
         del size_class.slabs[slab]
@@ -374,7 +374,7 @@ class SlabAllocator:
         with self._lock:
             raise self._bad_address(ptr, self._find_owner(ptr) if ptr > 0 else None)
 
-    def _bad_address(self, ptr: int, slab: Slab | None) -> InvalidFreeError:
+    def _bad_address(self, ptr: int, slab: MemorySlab | None) -> InvalidFreeError:
         """The error for an address that is not a live block's start (state untouched)."""
         if slab is None:
             if self._large.was_freed(ptr):
@@ -416,9 +416,9 @@ class SlabAllocator:
                     errors.append(error)
         finally:
             self._busy = False
-        for error in errors:
-            self.deferred_errors.append(error)
-            warnings.warn(f"deferred free failed: {error}", PyslabWarning, stacklevel=3)
+        for failure in errors:
+            self.deferred_errors.append(failure)
+            warnings.warn(f"deferred free failed: {failure}", PyslabWarning, stacklevel=3)
 
     # --- queries ------------------------------------------------------------------------------
 
@@ -477,7 +477,7 @@ class SlabAllocator:
                 deferred_frees=self._deferred_frees,
             )
 
-    def slabs(self) -> list[Slab]:
+    def slabs(self) -> list[MemorySlab]:
         """Every slab, class by class, oldest first (a copy: safe to keep)."""
         with self._lock:
             return [slab for c in self._classes for slab in c.slabs]
@@ -529,8 +529,10 @@ class SlabAllocator:
         self._slab_added = resolved.slab_added
         self._slab_removed = resolved.slab_removed
         self._slab_refilled = resolved.slab_refilled
-        self._block_allocated: Callable[[Slab, int, int], None] = resolved.block_allocated or _no_op
-        self._block_freed: Callable[[Slab, int], None] = resolved.block_freed or _no_op
+        self._block_allocated: Callable[[MemorySlab, int, int], None] = (
+            resolved.block_allocated or _no_op
+        )
+        self._block_freed: Callable[[MemorySlab, int], None] = resolved.block_freed or _no_op
         observed = resolved.observes_blocks
         self._take = self._take_observed if observed else self._take_plain
         self._give_back = self._give_back_observed if observed else self._give_back_plain
@@ -603,7 +605,7 @@ class SlabAllocator:
             self._tables = {}
             self._find_owner = self._closed_lookup
 
-    def _closed_lookup(self, ptr: int) -> Slab | None:
+    def _closed_lookup(self, ptr: int) -> MemorySlab | None:
         raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
 
     def _check_closed(self, operation: str) -> None:
@@ -657,7 +659,7 @@ def _checked_alignment(value: object) -> int:
 
 
 def _checked_slab(
-    allocator: SlabAllocator, size_class: SizeClass, slab: Slab, seen_bases: set[int]
+    allocator: SlabAllocator, size_class: SizeClass, slab: MemorySlab, seen_bases: set[int]
 ) -> int:
     """Check one slab's invariants (1-6 of the package docstring); return its live count."""
 
@@ -707,5 +709,7 @@ def _check_class(size_class: SizeClass, live: int) -> None:
     if not set(size_class.empty) <= set(size_class.slabs):
         raise CorruptionError(f"{size_class!r}: an empty slab is not one of its slabs")
     current = size_class.current
-    if current is not None and (current not in size_class.slabs or current.used >= current.capacity):
+    if current is not None and (
+        current not in size_class.slabs or current.used >= current.capacity
+    ):
         raise CorruptionError(f"{size_class!r}: current slab {current!r} has no free slot")

@@ -81,10 +81,8 @@ class MmapPageSource:
             MemoryError: the kernel refused (``ENOMEM``).
             OSError: any other ``mmap`` failure.
         """
-        if size <= self._page_size:
-            address = _libc.map_anonymous(size)
-        else:
-            address = self._map_aligned(size)
+        small = size <= self._page_size
+        address = _libc.map_anonymous(size) if small else self._map_aligned(size)
         self._mapped += size
         return address
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 from .errors import PolicyError
-from .slab import SizeClass, Slab
+from .slab import MemorySlab, SizeClass
 
 if TYPE_CHECKING:
     from .pages import PageSource
@@ -80,21 +80,21 @@ class Policy:
 
     # --- decisions -------------------------------------------------------------------------
 
-    def select_slab(self, size_class: SizeClass) -> Slab | None:
+    def select_slab(self, size_class: SizeClass) -> MemorySlab | None:
         """Return a slab of ``size_class`` with a free slot, or None to have a new one created.
 
         Called when ``size_class.current`` is None. The answer becomes ``current``.
         """
         raise NotImplementedError
 
-    def find_owner(self, address: int) -> Slab | None:
+    def find_owner(self, address: int) -> MemorySlab | None:
         """Return the slab whose mapping contains ``address``, or None when no slab does.
 
         The core then checks that ``address`` is a live block's start in that slab.
         """
         raise NotImplementedError
 
-    def keep_empty(self, size_class: SizeClass, slab: Slab) -> bool:
+    def keep_empty(self, size_class: SizeClass, slab: MemorySlab) -> bool:
         """Decide the fate of ``slab``, which just became empty: True keeps it cached.
 
         ``slab`` is already in ``size_class.empty``. Returning False gives it back to the page
@@ -111,19 +111,19 @@ class Policy:
 
     # --- notifications ---------------------------------------------------------------------
 
-    def slab_added(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """``slab`` joined ``size_class`` (new, or already there when the policy was set)."""
 
-    def slab_removed(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """``slab`` is about to go back to the page source; it is empty."""
 
-    def slab_refilled(self, size_class: SizeClass, slab: Slab) -> None:
+    def slab_refilled(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """``slab`` was full and a free just gave it a free slot."""
 
-    def block_allocated(self, slab: Slab, address: int, size: int) -> None:
+    def block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
         """A block of ``size`` requested bytes was handed out at ``address`` from ``slab``."""
 
-    def block_freed(self, slab: Slab, address: int) -> None:
+    def block_freed(self, slab: MemorySlab, address: int) -> None:
         """The block at ``address`` went back to ``slab``."""
 
     def __repr__(self) -> str:
@@ -156,15 +156,15 @@ class ResolvedPolicy:
     """A composition with every hook resolved to one callable (or None: nobody listens)."""
 
     policies: tuple[Policy, ...]
-    select_slab: Callable[[SizeClass], Slab | None]
-    find_owner: Callable[[int], Slab | None]
-    keep_empty: Callable[[SizeClass, Slab], bool]
+    select_slab: Callable[[SizeClass], MemorySlab | None]
+    find_owner: Callable[[int], MemorySlab | None]
+    keep_empty: Callable[[SizeClass, MemorySlab], bool]
     slab_color: Callable[[SizeClass, int], int]
-    slab_added: Callable[[SizeClass, Slab], None] | None
-    slab_removed: Callable[[SizeClass, Slab], None] | None
-    slab_refilled: Callable[[SizeClass, Slab], None] | None
-    block_allocated: Callable[[Slab, int, int], None] | None
-    block_freed: Callable[[Slab, int], None] | None
+    slab_added: Callable[[SizeClass, MemorySlab], None] | None
+    slab_removed: Callable[[SizeClass, MemorySlab], None] | None
+    slab_refilled: Callable[[SizeClass, MemorySlab], None] | None
+    block_allocated: Callable[[MemorySlab, int, int], None] | None
+    block_freed: Callable[[MemorySlab, int], None] | None
 
     @property
     def name(self) -> str:

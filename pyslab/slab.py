@@ -1,6 +1,6 @@
 """Slabs and size classes: the objects that policies see and the core's hot path updates.
 
-A :class:`Slab` is one ``slab_size`` region carved into equal slots. Its free slots are the
+A :class:`MemorySlab` is one ``slab_size`` region carved into equal slots. Its free slots are the
 intrusive free list (next pointers stored in the slots, see :class:`pyslab.FreeNode`) plus the
 uncarved tail ``[bump, end)``: a fresh slab links nothing up front and hands out its slots with a
 bump pointer, as CPython's obmalloc does with a new pool, so no memory is touched before it is
@@ -19,7 +19,7 @@ from typing import Final, final
 from ._libc import POINTER_SIZE
 from ._memory import WORD_SHIFT, WORDS
 
-__all__ = ["SizeClass", "Slab", "SlabState"]
+__all__ = ["MemorySlab", "SizeClass", "SlabState"]
 
 
 class SlabState(enum.Enum):
@@ -37,7 +37,7 @@ _ALIGN_MASK: Final[int] = POINTER_SIZE - 1
 
 
 @final
-class Slab:
+class MemorySlab:
     """One slab: ``capacity`` slots of ``slot_size`` bytes starting at ``first``.
 
     Fields (each with the invariant the core keeps):
@@ -119,7 +119,7 @@ class Slab:
 
     def __repr__(self) -> str:
         return (
-            f"<Slab #{self.serial} {self.slot_size}B at {self.base:#x}: "
+            f"<slab #{self.serial} {self.slot_size}B at {self.base:#x}: "
             f"{self.used}/{self.capacity} used>"
         )
 
@@ -147,9 +147,9 @@ class SizeClass:
         self.slab_size: Final = slab_size
         self.alignment: Final = alignment
         self.slots_per_slab: Final = slab_size // slot_size
-        self.slabs: dict[Slab, None] = {}
-        self.empty: dict[Slab, None] = {}
-        self.current: Slab | None = None
+        self.slabs: dict[MemorySlab, None] = {}
+        self.empty: dict[MemorySlab, None] = {}
+        self.current: MemorySlab | None = None
         self.live = 0
         self.peak = 0
 

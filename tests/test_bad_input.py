@@ -11,7 +11,9 @@ from tests.support import fill_block, pattern_byte, snapshot
 
 
 @pytest.fixture
-def populated(allocator: pyslab.SlabAllocator) -> Iterator[tuple[pyslab.SlabAllocator, dict[int, int]]]:
+def populated(
+    allocator: pyslab.SlabAllocator,
+) -> Iterator[tuple[pyslab.SlabAllocator, dict[int, int]]]:
     """An allocator holding live blocks of every class and a large one, each with a pattern."""
     blocks: dict[int, int] = {}
     for i, size in enumerate([8, 8, 16, 30, 64, 100, 250, 500, 1000, 1024, 4000] * 3):
