@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import threading
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Final
@@ -76,7 +78,7 @@ class SlabAllocator:
         self._tables = build_tables(self._classes)
         self._source: Final = page_source if page_source is not None else MmapPageSource()
         self._large: Final = SystemFallback()
-        self._lock: Final = threading.RLock()
+        self._lock = threading.RLock()
         # True while a call of this thread is inside the locked region: a call that finds it
         # set is re-entrant (a finalizer or signal handler interrupted the outer call).
         self._busy = False
@@ -91,6 +93,7 @@ class SlabAllocator:
         """Errors of deferred frees, which had no caller left to raise to (also warned)."""
         with self._lock:
             self._bind(resolve(parse_policies(policy)))
+        _LIVE_ALLOCATORS.add(self)
 
     # --- public properties (the Heap protocol that policies see) ---------------------------
 
@@ -638,6 +641,40 @@ class SlabAllocator:
 
 def _no_op(*_: object) -> None:
     pass
+
+
+# fork(): the child gets one thread, so a lock another thread held at the moment of fork would
+# stay locked forever, with the heap half-updated. As glibc does for malloc, every allocator's
+# lock is taken before fork (so the heap is consistent), released in the parent, and replaced
+# by a fresh lock in the child.
+_LIVE_ALLOCATORS: weakref.WeakSet[SlabAllocator] = weakref.WeakSet()
+_FORK_HELD: list[SlabAllocator] = []
+
+
+def _before_fork() -> None:
+    _FORK_HELD[:] = list(_LIVE_ALLOCATORS)
+    for allocator in _FORK_HELD:
+        allocator._lock.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for allocator in reversed(_FORK_HELD):
+        allocator._lock.release()
+    _FORK_HELD.clear()
+
+
+def _after_fork_in_child() -> None:
+    for allocator in _FORK_HELD:
+        allocator._lock = threading.RLock()
+    _FORK_HELD.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 def _checked_size(value: object, what: str) -> int:
