@@ -188,7 +188,8 @@ class _CachedOperations:
 
     def alloc(self, size: int, align: int = _WORD) -> int:
         """Pop the thread's magazine; refill it from the slabs when empty. Complexity: O(1)."""
-        if type(size) is int and 0 < size <= self._largest and align == _WORD:
+        small = type(size) is int and 0 < size <= self._largest
+        if small and type(align) is int and align == _WORD:
             size_class = self._by_size[size]
             policy = self._policy
             try:

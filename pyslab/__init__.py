@@ -20,7 +20,8 @@ free list
     the first word of a free slot is a :class:`FreeNode` holding the next free slot's address.
     Slots never used yet are not linked: they lie past the slab's *bump* pointer.
 page source
-    Where slabs come from and go back to (default: one ``mmap`` per slab). :class:`PageSource`.
+    Where slabs come from and go back to (default: one ``mmap`` per slab; or one region
+    reserved up front, :class:`ArenaPageSource`). :class:`PageSource`.
 policy
     A plugin that decides which slab serves an allocation, which slab owns a freed address,
     what happens to an empty slab and where slot 0 starts, and may observe every event.
@@ -87,6 +88,11 @@ from __future__ import annotations
 
 from ._memory import FreeNode
 from .allocator import SlabAllocator
+from .animation import animate
+from .arena import ArenaLargeObjects, ArenaPageSource
+from .buffers import SlabBuffers
+from .cabi import CallbackFailure, CFunctionError, CFunctions
+from .cache import ObjectCache
 from .errors import (
     AllocatorClosedError,
     CorruptionError,
@@ -97,36 +103,114 @@ from .errors import (
     PyslabWarning,
     UnknownPolicyError,
 )
-from .pages import MmapPageSource, PageSource
-from .policy import Heap, Policy, ResolvedPolicy
+from .harness import HeapMetrics, MeasuringPageSource, RunResult, measure_heap, run_workload
+from .heapmap import ClassMap, HeapMap, SlabMap, SlotState
+from .installer import (
+    create_string_buffer,
+    create_unicode_buffer,
+    current,
+    default_allocator,
+    install,
+    installed,
+    new,
+    uninstall,
+)
+from .pages import LargeObjects, MmapPageSource, PageSource
+from .policy import BlockOperations, Heap, Policy, ResolvedPolicy
 from .registry import PolicySpec, make_policy, policies
+from .render import render_map
+from .report import (
+    ClassCounters,
+    ClassReport,
+    CountsAllocations,
+    HeapReport,
+    PolicyCounters,
+    build_report,
+)
 from .slab import MemorySlab, SizeClass, SlabState
-from .stats import AllocatorStats, ClassStats
+from .stats import AllocatorStats, CacheStats, ClassStats
+from .trace import TraceError, TraceEvent, read_trace, record_workload, write_trace
+from .typed import Slab
+from .workload import (
+    UnknownWorkloadError,
+    Workload,
+    WorkloadError,
+    WorkloadHeap,
+    make_workload,
+    workloads,
+)
 
 __all__ = [
     "AllocatorClosedError",
     "AllocatorStats",
+    "ArenaLargeObjects",
+    "ArenaPageSource",
+    "BlockOperations",
+    "CFunctionError",
+    "CFunctions",
+    "CacheStats",
+    "CallbackFailure",
+    "ClassCounters",
+    "ClassMap",
+    "ClassReport",
     "ClassStats",
     "CorruptionError",
+    "CountsAllocations",
     "DoubleFreeError",
     "FreeNode",
     "Heap",
+    "HeapMap",
+    "HeapMetrics",
+    "HeapReport",
     "InvalidFreeError",
+    "LargeObjects",
+    "MeasuringPageSource",
     "MemorySlab",
     "MmapPageSource",
+    "ObjectCache",
     "PageSource",
     "Policy",
+    "PolicyCounters",
     "PolicyError",
     "PolicySpec",
     "PyslabError",
     "PyslabWarning",
     "ResolvedPolicy",
+    "RunResult",
     "SizeClass",
+    "Slab",
     "SlabAllocator",
+    "SlabBuffers",
+    "SlabMap",
     "SlabState",
+    "SlotState",
+    "TraceError",
+    "TraceEvent",
     "UnknownPolicyError",
+    "UnknownWorkloadError",
+    "Workload",
+    "WorkloadError",
+    "WorkloadHeap",
+    "animate",
+    "build_report",
+    "create_string_buffer",
+    "create_unicode_buffer",
+    "current",
+    "default_allocator",
+    "install",
+    "installed",
     "make_policy",
+    "make_workload",
+    "measure_heap",
+    "new",
     "policies",
+    "read_trace",
+    "record_workload",
+    "render_map",
+    "run_workload",
+    "uninstall",
+    "workloads",
+    "write_trace",
 ]
 
 __version__ = "0.1.0"

@@ -54,6 +54,8 @@ _MAP_FAILED: Final[int] = ctypes.c_void_p(-1).value or 0
 _PROT_RW: Final[int] = _mmap_constants.PROT_READ | _mmap_constants.PROT_WRITE
 _MAP_PRIVATE_ANON: Final[int] = _mmap_constants.MAP_PRIVATE | _mmap_constants.MAP_ANONYMOUS
 _MADV_DONTNEED: Final[int] = getattr(_mmap_constants, "MADV_DONTNEED", 4)
+# PTRDIFF_MAX: no object may be larger, and larger values would wrap in a C size_t.
+_LARGEST_REQUEST: Final[int] = (1 << (8 * POINTER_SIZE - 1)) - 1
 # malloc's own guarantee: glibc returns blocks aligned to 2 * sizeof(size_t).
 MALLOC_ALIGNMENT: Final[int] = 2 * POINTER_SIZE
 
@@ -105,10 +107,15 @@ def system_malloc(size: int, alignment: int) -> int:
     """Allocate ``size`` bytes from libc aligned to ``alignment`` (a power of two).
 
     Raises:
-        MemoryError: libc returned NULL.
+        MemoryError: libc returned NULL, or ``size`` or ``alignment`` is beyond what any
+            address space holds (ctypes would silently keep only the low bits of a ``size_t``).
 
     Complexity: one libc call.
     """
+    if size > _LARGEST_REQUEST:
+        raise MemoryError(f"a block of {size} bytes exceeds the address space")
+    if alignment > _LARGEST_REQUEST:
+        raise MemoryError(f"an alignment of {alignment} exceeds the address space")
     if alignment <= MALLOC_ALIGNMENT:
         address = _malloc(size)
         if not address:

@@ -3,6 +3,11 @@
 The allocator asks its page source for one slab at a time and gives slabs back one at a time; it
 never calls ``mmap`` itself. Any object with the methods of :class:`PageSource` can be passed as
 ``SlabAllocator(page_source=...)``, for example a source that reserves one region up front.
+
+A page source may also serve the blocks too large for any class: when it has a method
+``large_objects()`` returning a :class:`LargeObjects`, the allocator uses that instead of libc
+(``ArenaPageSource`` does, so that nothing but the arena serves memory after start). A source
+without the method, or whose method returns None, leaves large blocks to libc.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Protocol, runtime_checkable
 
 from . import _libc
 
-__all__ = ["MmapPageSource", "PageSource"]
+__all__ = ["LargeObjects", "MmapPageSource", "PageSource"]
 
 
 @runtime_checkable
@@ -47,6 +52,44 @@ class PageSource(Protocol):
 
     def close(self) -> None:
         """Release whatever the source itself still holds."""
+        ...
+
+
+class LargeObjects(Protocol):
+    """Serves and tracks the blocks no class serves (the role of libc by default).
+
+    The allocator calls every method under its lock. ``record`` is also used for blocks that
+    libc served to a re-entrant call (a finalizer interrupting an allocator call), which the
+    service must give back to libc when they are released.
+    """
+
+    sizes: dict[int, int]
+    """Live block address -> requested size."""
+    total: int
+    """Bytes requested by the live blocks."""
+
+    def allocate(self, size: int, alignment: int) -> int:
+        """Serve and record a block. Raises MemoryError, recording nothing, when it cannot."""
+        ...
+
+    def record(self, address: int, size: int) -> None:
+        """Track a block that libc served to a re-entrant call."""
+        ...
+
+    def release(self, address: int) -> None:
+        """Take back a live block (the caller checked :meth:`holds`)."""
+        ...
+
+    def holds(self, address: int) -> bool:
+        """True when ``address`` is a live block."""
+        ...
+
+    def was_freed(self, address: int) -> bool:
+        """True when ``address`` was a block freed recently (to report a double free)."""
+        ...
+
+    def close(self) -> None:
+        """Release every live block."""
         ...
 
 

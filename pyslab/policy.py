@@ -12,9 +12,22 @@ provides it, every composition starting from ``first-fit``):
   the page source at once.
 - :meth:`Policy.slab_color`: the offset of slot 0 in a new slab (slab coloring).
 
+One decision is optional: :meth:`Policy.page_source` lets a policy supply the page source of an
+allocator built without one (``address-mask`` needs its slabs in one reserved region). It is asked
+once, when the allocator is built; the last policy that overrides it provides it, and when none
+does the allocator maps each slab with ``mmap``.
+
+*Front ends* (:meth:`Policy.frontend`, chained in composition order) wrap the four block
+operations (``alloc``, ``free``, ``usable_size``, ``owns``) of the allocator: per-thread caches
+and debugging layers that change what a block looks like. Each gets the operations of the layer
+below and returns its own; the allocator's public methods become the outermost layer's.
+
 *Notifications* (every policy that overrides one is called, in composition order):
 ``slab_added``, ``slab_removed``, ``slab_refilled`` (a full slab got a free slot),
-``block_allocated`` and ``block_freed`` (every allocation and free of a slab block).
+``block_allocated`` and ``block_freed`` (every allocation and free of a slab block);
+``flush`` (give back every block the policy holds: ``close``, ``shrink``), ``check`` (verify
+the policy's own invariants: ``validate``) and ``cached_blocks`` (blocks held per slot size,
+for ``stats``).
 
 Hooks are resolved once, when the allocator is built or its policy set: a notification that no
 policy overrides costs nothing, and the per-block hooks switch the allocator to its observed
@@ -24,7 +37,8 @@ state the docstring of the hook describes. A hook must not call the allocator it
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
@@ -34,7 +48,27 @@ from .slab import MemorySlab, SizeClass
 if TYPE_CHECKING:
     from .pages import PageSource
 
-__all__ = ["Heap", "Policy", "ResolvedPolicy", "resolve"]
+__all__ = ["BlockOperations", "Heap", "Policy", "ResolvedPolicy", "resolve"]
+
+
+class BlockOperations(Protocol):
+    """The four block operations a front end wraps (see :meth:`Policy.frontend`)."""
+
+    def alloc(self, size: int, align: int = ...) -> int:
+        """As :meth:`SlabAllocator.alloc`."""
+        ...
+
+    def free(self, ptr: int | None) -> None:
+        """As :meth:`SlabAllocator.free`."""
+        ...
+
+    def usable_size(self, ptr: int) -> int:
+        """As :meth:`SlabAllocator.usable_size`."""
+        ...
+
+    def owns(self, ptr: int) -> bool:
+        """As :meth:`SlabAllocator.owns`."""
+        ...
 
 
 class Heap(Protocol):
@@ -53,6 +87,35 @@ class Heap(Protocol):
     @property
     def page_source(self) -> PageSource:
         """The source slabs are mapped from."""
+        ...
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The allocator's lock (re-entrant): hold it to read slabs consistently."""
+        ...
+
+    def class_for(self, size: int, align: int = ...) -> SizeClass | None:
+        """The class serving a request, or None when the system fallback serves it.
+
+        Raises:
+            TypeError, ValueError: as ``alloc`` for a bad size or alignment.
+        """
+        ...
+
+    def take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
+        """Allocate ``count`` blocks of ``size_class`` under one lock (magazine refill).
+
+        Raises:
+            MemoryError: no memory is left; the blocks already taken are given back first.
+        """
+        ...
+
+    def return_blocks(self, addresses: Sequence[int]) -> None:
+        """Free every block of ``addresses`` under one lock (magazine flush).
+
+        Raises:
+            InvalidFreeError: an address is not a live block; the ones before it are freed.
+        """
         ...
 
 
@@ -109,6 +172,38 @@ class Policy:
         """
         raise NotImplementedError
 
+    def page_source(self) -> PageSource | None:
+        """Optional decision: the page source of an allocator built without ``page_source=``.
+
+        Called once, in ``SlabAllocator.__init__`` before :meth:`bind` (never by
+        ``set_policy``: a live allocator keeps its source). None leaves the default ``mmap``
+        source. The allocator owns the source returned and closes it in ``close()``.
+        """
+        return None
+
+    # --- front ends --------------------------------------------------------------------------
+
+    def frontend(self, inner: BlockOperations) -> BlockOperations:
+        """Wrap the block operations of the layer below (per-thread caches, debugging).
+
+        Called when the policy is bound (at construction or ``set_policy``); the operations
+        returned become the allocator's ``alloc``, ``free``, ``usable_size`` and ``owns``
+        (``calloc`` and ``realloc`` go through them; with a front end, ``realloc`` always
+        moves the block). A front end must pass to ``inner`` every address it did not hand
+        out itself, so that errors are reported by the layer that knows the block.
+        """
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        """Give back to the heap every block the policy holds (``close``, ``shrink``)."""
+
+    def check(self) -> None:
+        """Verify the policy's own invariants (``validate``); raise CorruptionError if not."""
+
+    def cached_blocks(self) -> Mapping[int, int]:
+        """Blocks the policy holds, which the heap counts as used: slot size -> count."""
+        return {}
+
     # --- notifications ---------------------------------------------------------------------
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
@@ -131,7 +226,10 @@ class Policy:
 
 
 _DECISIONS = ("select_slab", "find_owner", "keep_empty", "slab_color")
-_NOTIFICATIONS = ("slab_added", "slab_removed", "slab_refilled", "block_allocated", "block_freed")
+_NOTIFICATIONS = (
+    "slab_added", "slab_removed", "slab_refilled", "block_allocated", "block_freed", "flush",
+    "check",
+)
 
 
 def _overrides(policy: Policy, hook: str) -> bool:
@@ -165,6 +263,13 @@ class ResolvedPolicy:
     slab_refilled: Callable[[SizeClass, MemorySlab], None] | None
     block_allocated: Callable[[MemorySlab, int, int], None] | None
     block_freed: Callable[[MemorySlab, int], None] | None
+    flush: Callable[[], None] | None = None
+    check: Callable[[], None] | None = None
+    page_source: Callable[[], PageSource | None] | None = None
+    """The optional page-source decision, or None when no policy provides one."""
+    frontends: tuple[Callable[[BlockOperations], BlockOperations], ...] = ()
+    """Front-end wrappers, innermost first."""
+    cached_blocks: tuple[Callable[[], Mapping[int, int]], ...] = ()
 
     @property
     def name(self) -> str:
@@ -198,4 +303,10 @@ def resolve(policies: Sequence[Policy]) -> ResolvedPolicy:
         hook: _chain([getattr(p, hook) for p in policies if _overrides(p, hook)])
         for hook in _NOTIFICATIONS
     }
-    return ResolvedPolicy(tuple(policies), **decisions, **notify)  # type: ignore[arg-type]
+    sources = [p.page_source for p in policies if _overrides(p, "page_source")]
+    return ResolvedPolicy(
+        tuple(policies), **decisions, **notify,  # type: ignore[arg-type]
+        page_source=sources[-1] if sources else None,
+        frontends=tuple(p.frontend for p in policies if _overrides(p, "frontend")),
+        cached_blocks=tuple(p.cached_blocks for p in policies if _overrides(p, "cached_blocks")),
+    )

@@ -12,6 +12,7 @@ loaded (a :class:`~pyslab.Policy` subclass), with an error naming it when it is 
 
 from __future__ import annotations
 
+import inspect
 import threading
 from collections.abc import Sequence
 from importlib.metadata import EntryPoint, entry_points
@@ -73,13 +74,15 @@ def make_policy(name: str, /, **params: object) -> Policy:
 
     Raises:
         UnknownPolicyError: no policy has that name (the message lists the known ones).
-        PolicyError: the parameters do not fit the policy.
+        PolicyError: the policy takes no parameter of such a name.
+        TypeError, ValueError: a parameter's value is refused by the policy itself.
     """
     cls = _policy_class(name)
     try:
-        return cls(**params)
+        inspect.signature(cls).bind(**params)
     except TypeError as exc:
         raise PolicyError(f"policy {name!r} does not take {params!r}: {exc}") from None
+    return cls(**params)
 
 
 def parse_policies(spec: PolicySpec) -> list[Policy]:
