@@ -1,0 +1,72 @@
+"""The ``pyslab`` command: compare policies on workloads and on real programs' traces.
+
+``pyslab COMMAND --help`` documents each command; :mod:`pyslab.cli.commands` lists them and
+says how to add one. Exit status: 0 success, 2 usage error (bad option, unknown policy or
+workload name), 1 failure (a bad trace, a file that cannot be read or written, a missing
+library of the ``cli`` extra, an error of the allocator), 130 interrupted.
+
+The core (``pyslab`` outside this package) never imports this package; its libraries (rich,
+matplotlib, memray: ``pip install 'pyslab-alloc[cli]'``) are imported only by the commands that
+use them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import pyslab
+
+from ._common import MissingExtra, UsageError
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command in :data:`pyslab.cli.commands.COMMANDS`."""
+    from .commands import COMMANDS
+
+    parser = argparse.ArgumentParser(
+        prog="pyslab",
+        description="Experiments with pyslab, a slab allocator on real mmap'd memory whose "
+        "every decision is a swappable policy.",
+        epilog="Start with 'pyslab compare'. Exit status: 0 success, 1 failure, 2 usage error.",
+    )
+    parser.add_argument("--version", action="version", version=f"pyslab {pyslab.__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for command in COMMANDS:
+        command.add_parser(subparsers).set_defaults(run=command.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``pyslab`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
+
+    Never raises for a usage error or a failure: the message goes to stderr and the status
+    says which (0, 1, 2, or 130 on Ctrl-C).
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:
+        return _status(exit_.code)
+    name = f"pyslab {args.command}"
+    try:
+        status: int = args.run(args)
+    except UsageError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 2
+    except (pyslab.PyslabError, OSError, MissingExtra) as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return status
+
+
+def _status(code: object) -> int:
+    if code is None:
+        return 0
+    return code if isinstance(code, int) else 1

@@ -1,0 +1,93 @@
+"""``pyslab animate``: watch policy configurations diverge through one workload.
+
+Each configuration runs the same workload (same calls, same seed) on a fresh allocator; a heap
+map is taken at intervals, and the maps of every configuration are drawn side by side into
+``DIR/frame_0001.png``..., an animated ``DIR/heap.gif`` and ``DIR/strip.png`` (a few moments,
+stacked). Without options: ``first-fit`` against ``fullest-first+reclaim`` on the built-in
+``fragmentation-demo`` workload, 6,000 calls, 30 frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pyslab
+from pyslab.animation import animate, default_configurations
+
+from ._common import Subparsers, configuration, positive_int, unique
+from .map_command import DEMO, _check_viz, make, workload_or_demo
+
+DEFAULT_OPS = 6000
+DEFAULT_FRAMES = 30
+
+
+def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """Add ``animate`` and its options."""
+    parser = subparsers.add_parser(
+        "animate",
+        help="draw heap maps of configurations side by side through a workload (PNGs, GIF)",
+        description="Run one workload under two or more policy configurations with the same "
+        "seed, take a heap map of each at intervals, and draw them side by side: a PNG per "
+        "frame, an animated GIF and a strip of a few frames, stacked, in DIR.",
+    )
+    parser.add_argument("dir", metavar="DIR", help="directory for the frames (created)")
+    parser.add_argument(
+        "-p", "--policy", action="append", type=configuration, metavar="CONFIG",
+        help="a policy configuration, one column each (repeat; default: first-fit and "
+        "fullest-first+reclaim when registered)",
+    )
+    parser.add_argument(
+        "-w", "--workload", type=workload_or_demo, default=DEMO, metavar="W",
+        help=f"a registered workload, or {DEMO} (the default; see 'pyslab workloads')",
+    )
+    parser.add_argument(
+        "--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
+        help=f"calls the workload makes (default {DEFAULT_OPS:,})",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    parser.add_argument(
+        "--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
+        help=f"frames to take, one every OPS/N calls (default {DEFAULT_FRAMES})",
+    )
+    parser.add_argument("--every", type=positive_int, metavar="N",
+                        help="take a frame every N calls instead")
+    parser.add_argument("--no-gif", action="store_true", help="do not write heap.gif")
+    parser.add_argument("--no-strip", action="store_true", help="do not write strip.png")
+    parser.add_argument("--strip-frames", type=positive_int, default=4, metavar="N",
+                        help="frames in strip.png (default 4)")
+    parser.add_argument("--free-list", action="store_true",
+                        help="shade free slots by their place in the free list")
+    parser.add_argument("--frame-ms", type=positive_int, default=250, metavar="MS",
+                        help="milliseconds per GIF frame (default 250)")
+    parser.add_argument("--dpi", type=positive_int, default=60, metavar="N",
+                        help="pixels per inch (each column is 11 inches wide; default 60)")
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Record and draw the frames, then say what was written. Returns 0."""
+    _check_viz()
+    configs = tuple(unique(args.policy or list(default_configurations())))
+    print(f"{args.workload}, {args.ops:,} calls, seed {args.seed}: "
+          f"{' vs '.join(configs)}", file=sys.stderr)
+    result = animate(
+        args.dir, configs, make(args.workload), ops=args.ops, seed=args.seed,
+        frames=args.frames, every=args.every, gif=not args.no_gif, strip=not args.no_strip,
+        strip_frames=args.strip_frames, show_free_list=args.free_list,
+        frame_ms=args.frame_ms, dpi=args.dpi,
+    )
+    width = max(map(len, configs))
+    for config, heap in zip(configs, result.final, strict=True):
+        print(f"{config:<{width}}  {len(heap.slabs):>5} slabs  "
+              f"{heap.mapped_bytes // 1024:>7} KiB mapped  {heap.used:>7} live blocks  "
+              f"{_percent(heap)} of slots live")
+    count = len(result.frames)
+    written = [f"{count} frame{'s' * (count != 1)} ({result.frames[0].name}...)"]
+    written += [p.name for p in (result.gif, result.strip) if p is not None]
+    print(f"wrote {', '.join(written)} in {args.dir}", file=sys.stderr)
+    return 0
+
+
+def _percent(heap: pyslab.HeapMap) -> str:
+    return f"{100 * heap.used / heap.capacity:5.1f}%" if heap.capacity else "    -"

@@ -1,0 +1,107 @@
+"""``pyslab map``: run a workload under one configuration and draw its heap map.
+
+The map is printed as text (a line per slab, the seed's ``[used] [free]→[free]`` diagram
+compressed to one character per slot), and drawn as a picture with ``--png``. Without options:
+the built-in ``fragmentation-demo`` workload, 1,500 calls, under ``first-fit``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import pyslab
+from pyslab.animation import FragmentationDemo, record_frames
+
+from ._common import MissingExtra, Subparsers, UsageError, configuration, positive_int
+
+DEFAULT_OPS = 1500
+DEMO = FragmentationDemo.name
+
+
+def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
+    """Add ``map`` and its options."""
+    parser = subparsers.add_parser(
+        "map",
+        help="run a workload and print (or draw) the heap map it leaves",
+        description="Run a workload on a fresh allocator under one policy configuration, then "
+        "print its heap map: a line per slab, a character per slot (live, free on the free "
+        "list, never carved), grouped by size class. --png also draws it as a picture.",
+    )
+    parser.add_argument(
+        "-p", "--policy", type=configuration, default="first-fit", metavar="CONFIG",
+        help="the policy configuration (default first-fit)",
+    )
+    parser.add_argument(
+        "-w", "--workload", type=workload_or_demo, default=DEMO, metavar="W",
+        help=f"a registered workload, or {DEMO} (the default; see 'pyslab workloads')",
+    )
+    parser.add_argument(
+        "--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
+        help=f"calls the workload makes (default {DEFAULT_OPS:,})",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    parser.add_argument("--free-list", action="store_true",
+                        help="show each slab's free list in order")
+    parser.add_argument("--width", type=positive_int, default=64, metavar="N",
+                        help="most characters per slab (default 64; at least 8)")
+    parser.add_argument("--max-slabs", type=positive_int, default=16, metavar="N",
+                        help="most slab lines per class; the rest are summarised (default 16)")
+    parser.add_argument("--ascii", action="store_true", help="use ASCII characters only")
+    parser.add_argument("--png", metavar="FILE",
+                        help="also draw the map into FILE (.png, .svg or .pdf)")
+    parser.add_argument("--dpi", type=positive_int, default=100, metavar="N",
+                        help="pixels per inch of --png (default 100)")
+    return parser
+
+
+def workload_or_demo(text: str) -> str:
+    """A registered workload name, or the built-in demo."""
+    if text == DEMO:
+        return text
+    try:
+        pyslab.make_workload(text)
+    except pyslab.WorkloadError as error:
+        raise argparse.ArgumentTypeError(f"{error} (or {DEMO})") from None
+    return text
+
+
+def make(name: str) -> pyslab.Workload:
+    """The workload ``name`` names (the demo, or a registered one)."""
+    return FragmentationDemo() if name == DEMO else pyslab.make_workload(name)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the workload, print the map, draw it on request. Returns 0."""
+    if args.width < 8:
+        raise UsageError(f"--width must be at least 8, not {args.width}")
+    if args.max_slabs < 2:
+        raise UsageError(f"--max-slabs must be at least 2, not {args.max_slabs}")
+    if args.png:
+        _check_viz()
+    # One frame, at the end (a threaded workload may make a few calls more than --ops).
+    frame = record_frames(
+        make(args.workload), [args.policy], ops=args.ops, seed=args.seed, every=args.ops + 1,
+    )[-1]
+    heap = frame.maps[0]
+    print(f"{args.workload}, {frame.calls} calls, seed {args.seed}:")
+    print(heap.to_text(width=args.width, max_slabs=args.max_slabs, free_list=args.free_list,
+                       ascii=args.ascii))
+    if args.png:
+        try:
+            path = pyslab.render_map(heap, args.png, show_free_list=args.free_list,
+                                     dpi=args.dpi)
+        except ValueError as error:  # an image format matplotlib does not know
+            raise UsageError(str(error)) from None
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _check_viz() -> None:
+    """Fail before any work when matplotlib or Pillow is missing. Raises: MissingExtra."""
+    try:
+        import matplotlib  # noqa: F401
+        import PIL  # noqa: F401
+    except ImportError as error:
+        missing = (error.name or "a library").split(".")[0]
+        raise MissingExtra(f"pictures need {missing}: pip install 'pyslab-alloc[viz]'") from None
