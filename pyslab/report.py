@@ -141,6 +141,9 @@ class HeapReport:
     caches: tuple[dict[str, object], ...] = ()
     """The object caches of ``AllocatorStats.caches`` by name (their fields as data), when the
     allocator has any; their slabs are blocks counted in ``classes`` too."""
+    policy_sections: tuple[str, ...] = ()
+    """What policies with a ``report_section() -> str`` method add (``debug``: live blocks,
+    allocation sites, quarantined slots)."""
 
     def to_dict(self) -> dict[str, object]:
         """The report as plain data (dicts, lists, numbers, None), ready for ``json.dumps``."""
@@ -230,6 +233,11 @@ def build_report(allocator: SlabAllocator) -> HeapReport:
         utilisation=_ratio(requested, stats.mapped_bytes) if requested is not None else None,
         counted=counters is not None,
         caches=_caches(stats),
+        policy_sections=tuple(
+            section()
+            for policy in allocator.policy.policies
+            if callable(section := getattr(policy, "report_section", None))
+        ),
     )
 
 
@@ -318,4 +326,5 @@ def _format(report: HeapReport) -> str:
             [key.replace("_", "-") for key in header],
             [[_cell(cache.get(key)) for key in header] for cache in report.caches],
         )
+    lines += [section.rstrip("\n") for section in report.policy_sections]
     return "\n".join(lines) + "\n"
