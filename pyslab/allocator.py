@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import operator
-import os
 import sys
 import threading
 import warnings
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MethodType, TracebackType
 from typing import Final, TypeVar
 
-from . import _libc
+from . import _forking, _libc
 from ._large import SystemFallback
 from ._layout import DEFAULT_SIZE_CLASSES, DEFAULT_SLAB_SIZE, build_tables, check_layout
 from ._layout import slot_alignment as _slot_alignment
@@ -104,7 +102,7 @@ class SlabAllocator:
         """Errors of deferred frees, which had no caller left to raise to (also warned)."""
         with self._lock:
             self._bind(resolved)
-        _LIVE_ALLOCATORS.add(self)
+        _forking.track(self, _forking.ALLOCATORS)  # fork(): see pyslab._forking
 
     # --- public properties (the Heap protocol that policies see) ---------------------------
 
@@ -1097,40 +1095,6 @@ class _CoreOperations:
     free: Callable[[int | None], None]
     usable_size: Callable[[int], int]
     owns: Callable[[int], bool]
-
-
-# fork(): the child gets one thread, so a lock another thread held at the moment of fork would
-# stay locked forever, with the heap half-updated. As glibc does for malloc, every allocator's
-# lock is taken before fork (so the heap is consistent), released in the parent, and replaced
-# by a fresh lock in the child.
-_LIVE_ALLOCATORS: weakref.WeakSet[SlabAllocator] = weakref.WeakSet()
-_FORK_HELD: list[SlabAllocator] = []
-
-
-def _before_fork() -> None:
-    _FORK_HELD[:] = list(_LIVE_ALLOCATORS)
-    for allocator in _FORK_HELD:
-        allocator._lock.acquire()
-
-
-def _after_fork_in_parent() -> None:
-    for allocator in reversed(_FORK_HELD):
-        allocator._lock.release()
-    _FORK_HELD.clear()
-
-
-def _after_fork_in_child() -> None:
-    for allocator in _FORK_HELD:
-        allocator._lock = threading.RLock()
-    _FORK_HELD.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )
 
 
 def _checked_size(value: object, what: str) -> int:

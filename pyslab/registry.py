@@ -7,17 +7,16 @@ The core knows no plugin module: the built-in policies are registered in pyslab'
     my-policy = "my_package.my_module:MyPolicy"
 
 Entry points are read once per process, on first use; each plugin class is checked when it is
-loaded (a :class:`~pyslab.Policy` subclass), with an error naming it when it is not.
+loaded (a :class:`~pyslab.Policy` subclass), with an error naming it when it is not (the
+shared :class:`~pyslab._plugins.EntryPointRegistry`, which workloads use too).
 """
 
 from __future__ import annotations
 
-import inspect
-import threading
 from collections.abc import Sequence
-from importlib.metadata import EntryPoint, entry_points
 from typing import Final, TypeAlias
 
+from ._plugins import EntryPointRegistry
 from .errors import PolicyError, UnknownPolicyError
 from .policy import Policy
 
@@ -30,34 +29,9 @@ DEFAULT_POLICY: Final = "first-fit"
 PolicySpec: TypeAlias = "Policy | str | Sequence[Policy | str] | None"
 """What ``policy=`` accepts: an instance, a name, ``"a+b"``, a sequence of those, or None."""
 
-_lock = threading.Lock()
-_entry_points: dict[str, EntryPoint] | None = None
-_classes: dict[str, type[Policy]] = {}
-
-
-def _registered() -> dict[str, EntryPoint]:
-    global _entry_points
-    with _lock:
-        if _entry_points is None:
-            _entry_points = {ep.name: ep for ep in entry_points(group=GROUP)}
-        return _entry_points
-
-
-def _policy_class(name: str) -> type[Policy]:
-    cls = _classes.get(name)
-    if cls is not None:
-        return cls
-    registered = _registered()
-    if name not in registered:
-        known = ", ".join(sorted(registered)) or "none (is pyslab-alloc installed?)"
-        raise UnknownPolicyError(f"unknown policy {name!r}; known policies: {known}")
-    loaded = registered[name].load()
-    if not (isinstance(loaded, type) and issubclass(loaded, Policy)):
-        raise PolicyError(
-            f"entry point {name!r} ({registered[name].value}) is not a pyslab.Policy subclass"
-        )
-    _classes[name] = loaded
-    return loaded
+_REGISTRY: Final = EntryPointRegistry(
+    GROUP, Policy, "policy", "policies", unknown=UnknownPolicyError, invalid=PolicyError
+)
 
 
 def policies() -> dict[str, str]:
@@ -66,7 +40,7 @@ def policies() -> dict[str, str]:
     Raises:
         PolicyError: a registered entry point does not load a ``Policy`` subclass.
     """
-    return {name: _policy_class(name).description for name in sorted(_registered())}
+    return _REGISTRY.descriptions()
 
 
 def make_policy(name: str, /, **params: object) -> Policy:
@@ -77,12 +51,7 @@ def make_policy(name: str, /, **params: object) -> Policy:
         PolicyError: the policy takes no parameter of such a name.
         TypeError, ValueError: a parameter's value is refused by the policy itself.
     """
-    cls = _policy_class(name)
-    try:
-        inspect.signature(cls).bind(**params)
-    except TypeError as exc:
-        raise PolicyError(f"policy {name!r} does not take {params!r}: {exc}") from None
-    return cls(**params)
+    return _REGISTRY.make(name, params)
 
 
 def parse_policies(spec: PolicySpec) -> list[Policy]:

@@ -78,14 +78,13 @@ from __future__ import annotations
 
 import ctypes
 import operator
-import os
 import threading
 import weakref
 from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
-from . import _libc
+from . import _forking, _libc
 from .allocator import SlabAllocator
 from .errors import AllocatorClosedError, CorruptionError
 
@@ -222,7 +221,7 @@ class Slab(Generic[CT]):
         # Bumped by every change, so that a read can tell it raced a re-entrant call.
         self._version = 0
         self._lock = threading.RLock()
-        _LIVE_SLABS.add(self)
+        _forking.track(self, _forking.CONTAINERS)
 
     # --- the seed's operations -------------------------------------------------------------
 
@@ -504,39 +503,3 @@ class Slab(Generic[CT]):
             value = self._copy_of(array, index * self._size)
             if version == self._version:
                 return value
-
-
-# --- fork ---------------------------------------------------------------------------------------
-# The child of fork() has one thread: a slab lock another thread held at that moment would stay
-# held forever. Every live slab's lock is taken before fork (so no slab is half-updated), released
-# in the parent, and replaced in the child, as the allocator does for its own.
-
-_LIVE_SLABS: Final[weakref.WeakSet[Slab[Any]]] = weakref.WeakSet()
-_HELD_OVER_FORK: list[Slab[Any]] = []
-
-
-def _before_fork() -> None:
-    held = list(_LIVE_SLABS)
-    for slab in held:
-        slab._lock.acquire()
-    _HELD_OVER_FORK[:] = held
-
-
-def _after_fork_in_parent() -> None:
-    for slab in _HELD_OVER_FORK:
-        slab._lock.release()
-    _HELD_OVER_FORK.clear()
-
-
-def _after_fork_in_child() -> None:
-    for slab in _HELD_OVER_FORK:
-        slab._lock = threading.RLock()
-    _HELD_OVER_FORK.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(
-        before=_before_fork,
-        after_in_parent=_after_fork_in_parent,
-        after_in_child=_after_fork_in_child,
-    )

@@ -27,10 +27,9 @@ Contract of :meth:`Workload.run`:
 
 from __future__ import annotations
 
-import threading
-from importlib.metadata import EntryPoint, entry_points
 from typing import ClassVar, Final, Protocol, runtime_checkable
 
+from ._plugins import EntryPointRegistry
 from .errors import PyslabError
 
 __all__ = [
@@ -113,34 +112,9 @@ class Workload:
         return f"<workload {self.label}>"
 
 
-_lock = threading.Lock()
-_entry_points: dict[str, EntryPoint] | None = None
-_classes: dict[str, type[Workload]] = {}
-
-
-def _registered() -> dict[str, EntryPoint]:
-    global _entry_points
-    with _lock:
-        if _entry_points is None:
-            _entry_points = {ep.name: ep for ep in entry_points(group=GROUP)}
-        return _entry_points
-
-
-def _workload_class(name: str) -> type[Workload]:
-    cls = _classes.get(name)
-    if cls is not None:
-        return cls
-    registered = _registered()
-    if name not in registered:
-        known = ", ".join(sorted(registered)) or "none (is pyslab-alloc installed?)"
-        raise UnknownWorkloadError(f"unknown workload {name!r}; known workloads: {known}")
-    loaded = registered[name].load()
-    if not (isinstance(loaded, type) and issubclass(loaded, Workload)):
-        raise WorkloadError(
-            f"entry point {name!r} ({registered[name].value}) is not a pyslab.Workload subclass"
-        )
-    _classes[name] = loaded
-    return loaded
+_REGISTRY: Final = EntryPointRegistry(
+    GROUP, Workload, "workload", "workloads", unknown=UnknownWorkloadError, invalid=WorkloadError
+)
 
 
 def workloads() -> dict[str, str]:
@@ -151,7 +125,7 @@ def workloads() -> dict[str, str]:
 
     Complexity: O(registered workloads); entry points are read once per process.
     """
-    return {name: _workload_class(name).description for name in sorted(_registered())}
+    return _REGISTRY.descriptions()
 
 
 def make_workload(name: str, /, **params: object) -> Workload:
@@ -163,8 +137,4 @@ def make_workload(name: str, /, **params: object) -> Workload:
 
     Complexity: O(1) after the first lookup of ``name`` (entry points are read once).
     """
-    cls = _workload_class(name)
-    try:
-        return cls(**params)
-    except TypeError as exc:
-        raise WorkloadError(f"workload {name!r} does not take {params!r}: {exc}") from None
+    return _REGISTRY.make(name, params)
