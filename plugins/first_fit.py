@@ -23,7 +23,13 @@ class FirstFit(Policy):
     description = "the seed's design: newest slab with a free slot; owner found by an O(slabs) walk"
 
     def select_slab(self, size_class: SizeClass) -> MemorySlab | None:
-        """The newest slab with a free slot, or None. Complexity: O(slabs of the class)."""
+        """The newest slab with a free slot, or None.
+
+        Complexity: O(slabs of the class), O(1) when every slab is full (then none has room,
+        and a new slab is mapped without walking the full ones).
+        """
+        if size_class.full == len(size_class.slabs):
+            return None
         for slab in reversed(size_class.slabs):
             if slab.used < slab.capacity:
                 return slab

@@ -251,6 +251,7 @@ class SlabAllocator:
             del size_class.empty[slab]
         if used == slab.capacity:
             size_class.current = None
+            size_class.full += 1
         live = size_class.live + 1
         size_class.live = live
         if live > size_class.peak:
@@ -494,8 +495,10 @@ class SlabAllocator:
         slab.used = used - 1
         size_class = slab.size_class
         size_class.live -= 1
-        if used == slab.capacity and size_class.current is None:
-            size_class.current = slab
+        if used == slab.capacity:
+            size_class.full -= 1
+            if size_class.current is None:
+                size_class.current = slab
         if used == 1:
             size_class.empty[slab] = None
         # The core is consistent here; the policy is asked only now.
@@ -821,7 +824,7 @@ class SlabAllocator:
             size_class.slabs.clear()
             size_class.empty.clear()
             size_class.current = None
-            size_class.live = 0
+            size_class.live = size_class.full = 0
         self._large.close()
         self._source.close()
         for policy in self._policy.policies:
@@ -1157,6 +1160,9 @@ def _checked_slab(
 
 
 def _check_class(size_class: SizeClass, live: int) -> None:
+    full = sum(1 for slab in size_class.slabs if slab.used == slab.capacity)
+    if full != size_class.full:
+        raise CorruptionError(f"{size_class!r}: full is {size_class.full} but {full} slabs are")
     if live != size_class.live:
         raise CorruptionError(
             f"{size_class!r}: live is {size_class.live} but its slabs hold {live} blocks"

@@ -134,10 +134,12 @@ class SizeClass:
     - ``current``: a slab with a free slot, or None; the fast path pops from it. Placement
       policies may set it; the core clears it when it fills.
     - ``live`` / ``peak``: live blocks of the class now, and the most there ever were.
+    - ``full``: how many of its slabs are full (so a placement walk can tell at once that no
+      slab has room).
     """
 
     __slots__ = (
-        "alignment", "current", "empty", "index", "live", "peak", "slab_size", "slabs",
+        "alignment", "current", "empty", "full", "index", "live", "peak", "slab_size", "slabs",
         "slot_size", "slots_per_slab",
     )
 
@@ -152,6 +154,7 @@ class SizeClass:
         self.current: MemorySlab | None = None
         self.live = 0
         self.peak = 0
+        self.full = 0
 
     def __repr__(self) -> str:
         return f"<SizeClass {self.slot_size}B: {len(self.slabs)} slabs, {self.live} live>"
