@@ -62,7 +62,8 @@ def build_tables(classes: Sequence[SizeClass]) -> dict[int, list[SizeClass | Non
     """For each power-of-two alignment up to the largest class alignment, a list indexed by
     request size giving the smallest class that fits both, or None.
 
-    Complexity: O(alignments x largest class), once per allocator.
+    Complexity: O(alignments x largest class) memory, filled by slices (one per class), once
+    per allocator.
     """
     largest = classes[-1].slot_size
     top_alignment = max(c.alignment for c in classes)
@@ -70,12 +71,13 @@ def build_tables(classes: Sequence[SizeClass]) -> dict[int, list[SizeClass | Non
     alignment = 1
     while alignment <= top_alignment:
         table: list[SizeClass | None] = [None] * (largest + 1)
-        fitting = [c for c in classes if c.alignment >= alignment]
-        position = 0
-        for size in range(1, largest + 1):
-            while position < len(fitting) and fitting[position].slot_size < size:
-                position += 1
-            table[size] = fitting[position] if position < len(fitting) else None
+        served = 0  # sizes 1..served already have their class
+        for size_class in classes:
+            if size_class.alignment >= alignment:
+                table[served + 1 : size_class.slot_size + 1] = [size_class] * (
+                    size_class.slot_size - served
+                )
+                served = size_class.slot_size
         tables[alignment] = table
         alignment <<= 1
     return tables
