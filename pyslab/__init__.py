@@ -26,9 +26,18 @@ policy
     A plugin that decides which slab serves an allocation, which slab owns a freed address,
     what happens to an empty slab and where slot 0 starts, and may observe every event.
     :class:`Policy`; registered under the entry-point group ``pyslab.policies``.
+front end
+    A policy that wraps the block operations themselves (``thread-cache``'s per-thread
+    magazines, ``debug``'s red zones); the allocator's public methods become its own.
 system fallback
     libc ``malloc``/``posix_memalign``/``free``, for requests larger than the largest class or
     aligned beyond any class; every such block is tracked so ``free`` routes it back.
+typed slab
+    :class:`Slab`: the seed blog's fixed-capacity ``Slab<T, N>``, ``capacity`` values of one
+    ctypes type in slab memory, addressed by index (``insert``/``remove``/``get``/``view``).
+object cache
+    :class:`ObjectCache` (``SlabAllocator.cache``): Bonwick's ``kmem_cache``, objects whose
+    constructor runs once per slab and which keep their constructed state between uses.
 
 Size classes (defaults, 4096-byte slabs)
 ----------------------------------------
