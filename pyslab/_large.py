@@ -1,4 +1,10 @@
-"""The system fallback: blocks larger than the largest class, or aligned beyond any class."""
+"""Large blocks: those larger than the largest class, or aligned beyond any class.
+
+:class:`TrackedBlocks` keeps the books every large-object service needs (live blocks and
+their sizes, recently freed addresses to tell a double free from a foreign address); a service
+says only where a block comes from and where it goes back. :class:`SystemFallback`, the
+default, uses libc.
+"""
 
 from __future__ import annotations
 
@@ -7,18 +13,18 @@ from typing import Final
 
 from . import _libc
 
-__all__ = ["SystemFallback"]
+__all__ = ["SystemFallback", "TrackedBlocks"]
 
 _REMEMBERED_FREES: Final = 4096
 """How many freed addresses are remembered to tell a double free from a foreign address."""
 
 
-class SystemFallback:
-    """Serves blocks from libc ``malloc``/``posix_memalign`` and tracks every one it hands out.
+class TrackedBlocks:
+    """The books of a large-object service (implements :class:`pyslab.LargeObjects`).
 
-    Tracking lets ``free`` route an address back to libc, and lets pyslab refuse a double free
-    of a large block before libc sees it (glibc may crash on one without a word). Addresses
-    freed recently are remembered, up to ``4096``, so that the error can say "double free".
+    Subclasses implement :meth:`_serve` and :meth:`_give_back`. Blocks that libc served to a
+    re-entrant call (a finalizer interrupting an allocator call) are recorded with
+    :meth:`record` and always go back to libc.
     """
 
     def __init__(self) -> None:
@@ -26,28 +32,46 @@ class SystemFallback:
         """Live block address -> requested size."""
         self.total = 0
         """Bytes requested by the live blocks."""
+        self._from_libc: set[int] = set()
         self._recently_freed: OrderedDict[int, None] = OrderedDict()
 
+    def _serve(self, size: int, alignment: int) -> int:
+        """Return the address of a new block. Raises MemoryError when there is none."""
+        raise NotImplementedError
+
+    def _give_back(self, address: int, size: int) -> None:
+        """Take back a block that :meth:`_serve` returned."""
+        raise NotImplementedError
+
     def allocate(self, size: int, alignment: int) -> int:
-        """Allocate from libc and record the block.
+        """Serve and record a block.
 
         Raises:
-            MemoryError: libc is out of memory; nothing is recorded.
+            MemoryError: no memory is left; nothing is recorded.
         """
-        address = _libc.system_malloc(size, alignment)
-        self.record(address, size)
+        address = self._serve(size, alignment)
+        self._track(address, size)
         return address
 
     def record(self, address: int, size: int) -> None:
-        """Track a block libc handed out (possibly while the allocator was busy)."""
+        """Track a block that libc served to a re-entrant call; it goes back to libc."""
+        self._track(address, size)
+        self._from_libc.add(address)
+
+    def _track(self, address: int, size: int) -> None:
         self.sizes[address] = size
         self.total += size
         self._recently_freed.pop(address, None)
 
     def release(self, address: int) -> None:
-        """Give a tracked block back to libc. The caller checked :meth:`holds` first."""
-        self.total -= self.sizes.pop(address)
-        _libc.system_free(address)
+        """Give a live block back (the caller checked :meth:`holds` first)."""
+        size = self.sizes.pop(address)
+        self.total -= size
+        if address in self._from_libc:
+            self._from_libc.discard(address)
+            _libc.system_free(address)
+        else:
+            self._give_back(address, size)
         self._recently_freed[address] = None
         if len(self._recently_freed) > _REMEMBERED_FREES:
             self._recently_freed.popitem(last=False)
@@ -61,7 +85,22 @@ class SystemFallback:
         return address in self._recently_freed
 
     def close(self) -> None:
-        """Free every live block."""
+        """Release every live block."""
         for address in list(self.sizes):
             self.release(address)
         self._recently_freed.clear()
+
+
+class SystemFallback(TrackedBlocks):
+    """Serves blocks from libc ``malloc``/``posix_memalign`` and tracks every one it hands out.
+
+    Tracking lets ``free`` route an address back to libc, and lets pyslab refuse a double free
+    of a large block before libc sees it (glibc may crash on one without a word). Addresses
+    freed recently are remembered, up to ``4096``, so that the error can say "double free".
+    """
+
+    def _serve(self, size: int, alignment: int) -> int:
+        return _libc.system_malloc(size, alignment)
+
+    def _give_back(self, address: int, size: int) -> None:
+        _libc.system_free(address)

@@ -26,15 +26,13 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from collections import OrderedDict
 from typing import Final
 
 from . import _libc
+from ._large import TrackedBlocks
 
 __all__ = ["ArenaLargeObjects", "ArenaPageSource"]
 
-_REMEMBERED_FREES: Final = 4096
-"""How many freed large-block addresses are remembered, to tell a double free (as libc's)."""
 
 
 def _release_region(start: int, size: int) -> None:
@@ -226,7 +224,7 @@ class ArenaPageSource:
         )
 
 
-class ArenaLargeObjects:
+class ArenaLargeObjects(TrackedBlocks):
     """Large blocks carved from an :class:`ArenaPageSource`, in whole pages.
 
     Implements :class:`pyslab.pages.LargeObjects`. A block takes ``ceil(size / page)`` pages
@@ -238,67 +236,24 @@ class ArenaLargeObjects:
     """
 
     def __init__(self, arena: ArenaPageSource) -> None:
+        super().__init__()
         self._arena: Final = arena
-        self.sizes: dict[int, int] = {}
-        """Live block address -> requested size."""
-        self.total = 0
-        """Bytes requested by the live blocks."""
         self.pages = 0
         """Bytes of the arena the live blocks take (whole pages)."""
-        self._libc_blocks: set[int] = set()
-        self._recently_freed: OrderedDict[int, None] = OrderedDict()
 
     def _pages(self, size: int) -> int:
         page = self._arena.page_size
         return -(-size // page) * page
 
-    def allocate(self, size: int, alignment: int) -> int:
-        """Carve a block from the arena.
-
-        Raises:
-            MemoryError: the arena cannot hold it; nothing is recorded.
-        """
+    def _serve(self, size: int, alignment: int) -> int:
+        """Carve a block from the arena (``MemoryError`` when it cannot hold it)."""
         span = self._pages(size)
         address = self._arena.take(span, max(alignment, self._arena.page_size))
         self.pages += span
-        self.sizes[address] = size
-        self.total += size
-        self._recently_freed.pop(address, None)
         return address
 
-    def record(self, address: int, size: int) -> None:
-        """Track a block that libc served to a re-entrant call; it goes back to libc."""
-        self.sizes[address] = size
-        self.total += size
-        self._libc_blocks.add(address)
-        self._recently_freed.pop(address, None)
-
-    def release(self, address: int) -> None:
-        """Give a live block back: to the arena (``madvise``), or to libc if libc served it."""
-        size = self.sizes[address]
-        if address in self._libc_blocks:
-            _libc.system_free(address)
-            self._libc_blocks.discard(address)
-        else:
-            span = self._pages(size)
-            self._arena.give(address, span)
-            self.pages -= span
-        del self.sizes[address]
-        self.total -= size
-        self._recently_freed[address] = None
-        if len(self._recently_freed) > _REMEMBERED_FREES:
-            self._recently_freed.popitem(last=False)
-
-    def holds(self, address: int) -> bool:
-        """True when ``address`` is a live large block."""
-        return address in self.sizes
-
-    def was_freed(self, address: int) -> bool:
-        """True when ``address`` was a large block freed recently and not handed out since."""
-        return address in self._recently_freed
-
-    def close(self) -> None:
-        """Release every live block (the arena itself is closed by its own ``close``)."""
-        for address in list(self.sizes):
-            self.release(address)
-        self._recently_freed.clear()
+    def _give_back(self, address: int, size: int) -> None:
+        """Give the block's pages back to the arena (``madvise``: RSS falls)."""
+        span = self._pages(size)
+        self._arena.give(address, span)
+        self.pages -= span
