@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ctypes
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pyslab
@@ -80,3 +82,24 @@ def mapped_ranges() -> list[tuple[int, int]]:
 
 def is_mapped(address: int) -> bool:
     return any(start <= address < end for start, end in mapped_ranges())
+
+
+def run_threads(worker: Callable[[int], None], count: int) -> None:
+    """Run ``worker(0..count-1)`` on threads started together; re-raise what one raised."""
+    failures: list[BaseException] = []
+    start = threading.Barrier(count)
+
+    def body(tag: int) -> None:
+        start.wait()
+        try:
+            worker(tag)
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=body, args=(tag,)) for tag in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]

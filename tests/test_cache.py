@@ -6,14 +6,13 @@ from __future__ import annotations
 import ctypes
 import gc
 import runpy
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import pyslab
+from tests.support import run_threads
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -46,36 +45,6 @@ class Counted:
         assert conn.magic == MAGIC, "dtor sees the object in its constructed state"
         conn.magic = 0
         self.destroyed.append(ctypes.addressof(conn))
-
-
-def run_threads(worker: Callable[[int], None], count: int) -> None:
-    """Run ``worker(0..count-1)`` on threads started together; re-raise what one raised."""
-    failures: list[BaseException] = []
-    start = threading.Barrier(count)
-
-    def body(tag: int) -> None:
-        start.wait()
-        try:
-            worker(tag)
-        except BaseException as error:
-            failures.append(error)
-
-    threads = [threading.Thread(target=body, args=(tag,)) for tag in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Threads switch every microsecond instead of every 5 ms: far more interleavings."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 @pytest.fixture

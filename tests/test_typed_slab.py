@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import hypothesis.strategies as st
 import pytest
@@ -20,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from typing_extensions import assert_type
 
 import pyslab
-from tests.support import is_mapped
+from tests.support import is_mapped, run_threads
 
 C_INT_VALUES = st.integers(-(2**31), 2**31 - 1)
 
@@ -35,36 +33,6 @@ class Segment(ctypes.Structure):
 
 class Empty(ctypes.Structure):
     _fields_ = []
-
-
-def run_threads(worker: Callable[[int], None], count: int) -> None:
-    """Run ``worker(0..count-1)`` on threads started together; re-raise what one raised."""
-    failures: list[BaseException] = []
-    start = threading.Barrier(count)
-
-    def body(tag: int) -> None:
-        start.wait()
-        try:
-            worker(tag)
-        except BaseException as error:
-            failures.append(error)
-
-    threads = [threading.Thread(target=body, args=(tag,)) for tag in range(count)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        raise failures[0]
-
-
-@pytest.fixture
-def fast_switching() -> Iterator[None]:
-    """Threads switch every microsecond instead of every 5 ms: far more interleavings."""
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    yield
-    sys.setswitchinterval(previous)
 
 
 @pytest.fixture

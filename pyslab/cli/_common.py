@@ -28,6 +28,7 @@ __all__ = [
     "configuration",
     "environment",
     "positive_int",
+    "print_listing",
     "run_jobs",
     "unique",
     "workload_name",
@@ -76,6 +77,14 @@ def check_extras(plot: bool) -> None:
 
 
 # --- argument types (argparse turns ArgumentTypeError into a usage error, exit 2) --------------
+
+
+def print_listing(listed: dict[str, str]) -> int:
+    """Print ``name  description`` lines, names aligned (``policies``, ``workloads``). Returns 0."""
+    width = max(map(len, listed), default=0)
+    for name, description in listed.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
 
 
 def positive_int(text: str) -> int:

@@ -6,7 +6,7 @@ import argparse
 
 import pyslab
 
-from ._common import Subparsers
+from ._common import Subparsers, print_listing
 
 
 def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -21,8 +21,4 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print one line per workload. Returns 0."""
-    listed = pyslab.workloads()
-    width = max(map(len, listed), default=0)
-    for name, description in listed.items():
-        print(f"{name:<{width}}  {description}")
-    return 0
+    return print_listing(pyslab.workloads())
