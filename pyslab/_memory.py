@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from collections.abc import Iterator
 from typing import Final
 
 from ._libc import POINTER_SIZE
 
-__all__ = ["BYTES", "WORDS", "WORD_SHIFT", "FreeNode", "copy", "fill", "read_free_list"]
+__all__ = ["BYTES", "WORDS", "WORD_SHIFT", "FreeNode", "copy", "fill"]
 
 
 class FreeNode(ctypes.Structure):
@@ -38,24 +37,6 @@ BYTES: Final[memoryview[int]] = memoryview(_ADDRESS_SPACE).cast("B")
 WORDS: Final[memoryview[int]] = BYTES.cast("P")  # "P": a native pointer-sized word
 
 assert ctypes.sizeof(FreeNode) == POINTER_SIZE, "a free slot must hold exactly one pointer"
-
-
-def read_free_list(head: int, limit: int) -> Iterator[int]:
-    """Yield the addresses of a free list from ``head``, reading each next pointer from memory.
-
-    The next pointer of a node is read only when the caller asks for the following node, so a
-    caller that checks each yielded address (inside its slab, at a slot start) and stops at the
-    first bad one never dereferences a corrupted pointer. Stops after ``limit`` nodes so that a
-    cyclic list cannot loop forever.
-
-    Complexity: O(length of the list).
-    """
-    node = head
-    seen = 0
-    while node and seen < limit:
-        yield node
-        node = ctypes.cast(node, ctypes.POINTER(FreeNode)).contents.next or 0
-        seen += 1
 
 
 def fill(address: int, byte: int, size: int) -> None:
