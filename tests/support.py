@@ -6,6 +6,10 @@ import ctypes
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+from hypothesis import HealthCheck, settings
+from hypothesis.stateful import RuleBasedStateMachine
 
 import pyslab
 
@@ -103,3 +107,20 @@ def run_threads(worker: Callable[[int], None], count: int) -> None:
         thread.join()
     if failures:
         raise failures[0]
+
+
+def state_machine_case(
+    machine: type[RuleBasedStateMachine], configuration: str, *, examples: int, steps: int = 40
+) -> Any:
+    """A unittest case running ``machine`` with its ``configuration`` class attribute set.
+
+    Named after the machine and the configuration, so each configuration is its own test.
+    """
+    name = configuration.replace("+", "_").replace("-", "_")
+    configured = type(f"{machine.__name__}_{name}", (machine,), {"configuration": configuration})
+    case = configured.TestCase  # type: ignore[attr-defined]
+    case.settings = settings(
+        max_examples=examples, stateful_step_count=steps, deadline=None,
+        suppress_health_check=[HealthCheck.too_slow],
+    )
+    return case

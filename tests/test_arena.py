@@ -7,10 +7,9 @@ import os
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 import pyslab
-from tests.support import fill_block, is_mapped, pattern_byte, snapshot
+from tests.support import fill_block, is_mapped, pattern_byte, snapshot, state_machine_case
 from tests.test_state_machine import AllocatorMachine
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -247,19 +246,7 @@ class ArenaMachine(AllocatorMachine):
         )
 
 
-def _arena_case(configuration: str) -> Any:
-    machine = type(
-        f"Arena_{configuration.replace('+', '_').replace('-', '_')}",
-        (ArenaMachine,),
-        {"configuration": configuration},
-    )
-    case = machine.TestCase  # type: ignore[attr-defined]
-    case.settings = settings(
-        max_examples=30, stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    return case
-
-
-TestArenaFirstFit = _arena_case("first-fit")
-TestArenaAddressMaskFullestFirstReclaim = _arena_case("address-mask+fullest-first+reclaim+stats")
+TestArenaFirstFit = state_machine_case(ArenaMachine, "first-fit", examples=30)
+TestArenaAddressMaskFullestFirstReclaim = state_machine_case(
+    ArenaMachine, "address-mask+fullest-first+reclaim+stats", examples=30
+)

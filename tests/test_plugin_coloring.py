@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, settings
 
 import pyslab
-from tests.support import block_intact, fill_block, pattern_byte
+from tests.support import block_intact, fill_block, pattern_byte, state_machine_case
 from tests.test_state_machine import AllocatorMachine
 
 COLORABLE = (16, 48, 192, 320, 768, 1024)
@@ -115,19 +114,7 @@ class ColoredMachine(AllocatorMachine):
         )
 
 
-def _colored_case(configuration: str) -> Any:
-    machine = type(
-        f"Colored_{configuration.replace('+', '_').replace('-', '_')}",
-        (ColoredMachine,),
-        {"configuration": configuration},
-    )
-    case = machine.TestCase  # type: ignore[attr-defined]
-    case.settings = settings(
-        max_examples=30, stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    return case
-
-
-TestColoring = _colored_case("coloring")
-TestColoringAddressMaskReclaim = _colored_case("address-mask+coloring+reclaim+stats")
+TestColoring = state_machine_case(ColoredMachine, "coloring", examples=30)
+TestColoringAddressMaskReclaim = state_machine_case(
+    ColoredMachine, "address-mask+coloring+reclaim+stats", examples=30
+)

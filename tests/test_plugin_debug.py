@@ -20,11 +20,10 @@ from typing import Any, Protocol
 
 import hypothesis.strategies as st
 import pytest
-from hypothesis import HealthCheck, settings
 from hypothesis.stateful import consumes, invariant, rule
 
 import pyslab
-from tests.support import block_intact, fill_block, pattern_byte, snapshot
+from tests.support import block_intact, fill_block, pattern_byte, snapshot, state_machine_case
 from tests.test_state_machine import AllocatorMachine, expected_slot
 
 REDZONE = 16
@@ -760,22 +759,9 @@ DEBUG_CONFIGURATIONS: tuple[str, ...] = (
 CONFIGURATIONS: those tests check usable_size against slot sizes and swap policies)."""
 
 
-def _debug_machine_for(configuration: str) -> Any:
-    machine = type(
-        f"DebugMachine_{configuration.replace('+', '_').replace('-', '_')}",
-        (DebugMachine,),
-        {"configuration": configuration},
-    )
-    test_case = machine.TestCase  # type: ignore[attr-defined]
-    test_case.settings = settings(
-        max_examples=200 if os.environ.get("PYSLAB_LONG") == "1" else 25,
-        stateful_step_count=40, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    return test_case
-
-
 for _configuration in DEBUG_CONFIGURATIONS:
-    _case = _debug_machine_for(_configuration)
+    _case = state_machine_case(
+        DebugMachine, _configuration, examples=200 if os.environ.get("PYSLAB_LONG") == "1" else 25
+    )
     globals()[f"TestDebug_{_case.__qualname__.split('.')[0]}"] = _case
 del _case, _configuration  # not collected a second time under these names

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-from typing import Any
 
 import hypothesis.strategies as st
-from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (
     Bundle,
     RuleBasedStateMachine,
@@ -29,6 +27,7 @@ from tests.support import (
     block_intact,
     fill_block,
     pattern_byte,
+    state_machine_case,
 )
 
 SIZES = st.one_of(st.integers(1, 1024), st.integers(1025, 9000), st.sampled_from([8, 16, 1024]))
@@ -158,21 +157,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         self.allocator.close()
 
 
-def _machine_for(configuration: str) -> Any:
-    machine = type(
-        f"Machine_{configuration.replace('+', '_').replace('-', '_')}",
-        (AllocatorMachine,),
-        {"configuration": configuration},
-    )
-    test_case = machine.TestCase  # type: ignore[attr-defined]
-    test_case.settings = settings(
-        max_examples=60, stateful_step_count=50, deadline=None,
-        suppress_health_check=[HealthCheck.too_slow],
-    )
-    return test_case
-
-
 for _configuration in CONFIGURATIONS + FRONT_END_CONFIGURATIONS:
-    _case = _machine_for(_configuration)
+    _case = state_machine_case(AllocatorMachine, _configuration, examples=60, steps=50)
     globals()[f"TestAllocator_{_case.__qualname__.split('.')[0]}"] = _case
 del _case  # else pytest collects the last machine a second time under this name
