@@ -16,7 +16,7 @@ import pyslab
 from pyslab.animation import animate, default_configurations
 
 from ._common import Subparsers, configuration, positive_int, unique
-from .map_command import DEMO, _check_viz, make, workload_or_demo
+from .map_command import _check_viz, add_run_options, make
 
 DEFAULT_OPS = 6000
 DEFAULT_FRAMES = 30
@@ -37,15 +37,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="a policy configuration, one column each (repeat; default: first-fit and "
         "fullest-first+reclaim when registered)",
     )
-    parser.add_argument(
-        "-w", "--workload", type=workload_or_demo, default=DEMO, metavar="W",
-        help=f"a registered workload, or {DEMO} (the default; see 'pyslab workloads')",
-    )
-    parser.add_argument(
-        "--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
-        help=f"calls the workload makes (default {DEFAULT_OPS:,})",
-    )
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    add_run_options(parser, DEFAULT_OPS)
     parser.add_argument(
         "--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
         help=f"frames to take, one every OPS/N calls (default {DEFAULT_FRAMES})",

@@ -32,15 +32,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         "-p", "--policy", type=configuration, default="first-fit", metavar="CONFIG",
         help="the policy configuration (default first-fit)",
     )
-    parser.add_argument(
-        "-w", "--workload", type=workload_or_demo, default=DEMO, metavar="W",
-        help=f"a registered workload, or {DEMO} (the default; see 'pyslab workloads')",
-    )
-    parser.add_argument(
-        "--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
-        help=f"calls the workload makes (default {DEFAULT_OPS:,})",
-    )
-    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
+    add_run_options(parser, DEFAULT_OPS)
     parser.add_argument("--free-list", action="store_true",
                         help="show each slab's free list in order")
     parser.add_argument("--width", type=positive_int, default=64, metavar="N",
@@ -53,6 +45,19 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--dpi", type=positive_int, default=100, metavar="N",
                         help="pixels per inch of --png (default 100)")
     return parser
+
+
+def add_run_options(parser: argparse.ArgumentParser, default_ops: int) -> None:
+    """Add ``-w/--workload``, ``--ops`` and ``--seed`` (``map`` and ``animate`` share them)."""
+    parser.add_argument(
+        "-w", "--workload", type=workload_or_demo, default=DEMO, metavar="W",
+        help=f"a registered workload, or {DEMO} (the default; see 'pyslab workloads')",
+    )
+    parser.add_argument(
+        "--ops", type=positive_int, default=default_ops, metavar="N",
+        help=f"calls the workload makes (default {default_ops:,})",
+    )
+    parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
 
 
 def workload_or_demo(text: str) -> str:
