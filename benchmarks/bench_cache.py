@@ -65,7 +65,7 @@ def use(conn: Conn) -> None:
 def _contenders(
     allocator: pyslab.SlabAllocator, ctor: Callable[[Conn], None]
 ) -> tuple[list[Contender], pyslab.ObjectCache[Conn]]:
-    cache = allocator.cache(Conn, ctor=ctor, name=f"bench-{ctor.__name__}")
+    cache = pyslab.ObjectCache(allocator, Conn, ctor=ctor, name=f"bench-{ctor.__name__}")
     size = ctypes.sizeof(Conn)
     alloc, free, at = allocator.alloc, allocator.free, Conn.from_address
     take, give = cache.alloc, cache.free

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import pyslab
+import pyslab.core
 
 __all__ = [
     "Configuration",
@@ -248,12 +249,12 @@ class NewSlabFiller(pyslab.Policy):
     description = "benchmark-only: map a new slab whenever the current one is full, while filling"
 
     def __init__(
-        self, fallback: Callable[[pyslab.SizeClass], pyslab.MemorySlab | None]
+        self, fallback: Callable[[pyslab.core.SizeClass], pyslab.core.MemorySlab | None]
     ) -> None:
         self.filling = True
         self._fallback = fallback
 
-    def select_slab(self, size_class: pyslab.SizeClass) -> pyslab.MemorySlab | None:
+    def select_slab(self, size_class: pyslab.core.SizeClass) -> pyslab.core.MemorySlab | None:
         """None while filling, else the configuration's answer."""
         return None if self.filling else self._fallback(size_class)
 

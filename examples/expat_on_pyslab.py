@@ -1,7 +1,7 @@
 """libexpat allocating through pyslab: a C library given pyslab as its malloc/realloc/free.
 
 expat's ``XML_ParserCreate_MM`` takes an ``XML_Memory_Handling_Suite``: three function
-pointers that the parser uses for every allocation it makes. ``alloc.c_functions()`` provides
+pointers that the parser uses for every allocation it makes. ``pyslab.c_functions(alloc)`` provides
 them. The script parses a generated document, counts its elements and shows what the parser
 held in pyslab before ``XML_ParserFree`` and after.
 
@@ -15,7 +15,8 @@ import ctypes.util
 import sys
 
 import pyslab
-from pyslab.cabi import FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
+import pyslab.core
+from pyslab.interop.cabi import FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
 
 
 class MemoryHandlingSuite(ctypes.Structure):
@@ -54,7 +55,7 @@ def document(items: int) -> bytes:
     return f"<?xml version='1.0'?>\n<inventory>\n{rows}</inventory>\n".encode()
 
 
-def show(title: str, stats: pyslab.AllocatorStats) -> None:
+def show(title: str, stats: pyslab.core.AllocatorStats) -> None:
     used = {c.slot_size: c.used_slots for c in stats.classes if c.used_slots}
     print(f"{title:<28} {stats.live_blocks:>4} live blocks {used}, "
           f"{stats.large_blocks} large ({stats.large_bytes} bytes)")
@@ -67,7 +68,7 @@ def main() -> int:
         return 0
     data = document(20_000)
     with pyslab.SlabAllocator(policy="dict-lookup") as alloc:
-        functions = alloc.c_functions()
+        functions = pyslab.c_functions(alloc)
         suite = MemoryHandlingSuite(functions.malloc, functions.realloc, functions.free)
         parser = expat.XML_ParserCreate_MM(None, ctypes.byref(suite), None)
         if not parser:

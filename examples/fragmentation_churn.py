@@ -23,6 +23,7 @@ import random
 import statistics
 
 import pyslab
+import pyslab.observe
 
 SLOT = 64
 
@@ -97,7 +98,7 @@ def main() -> None:
     _, alloc = phased("fullest-first+reclaim+stats", 0)
     with alloc:
         print("\nreport of the phased churn under fullest-first+reclaim+stats:")
-        print(alloc.report())
+        print(pyslab.observe.report(alloc))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Look at a heap: print its map as text, then draw it with the free-list order shown.
 
 Allocates blocks of five sizes, frees every other one and allocates a few more (which reuse the
-heads of the free lists), then prints ``allocator.heap_map()`` and writes the picture.
+heads of the free lists), then prints ``pyslab.observe.heap_map(allocator)`` and writes the picture.
 
 Run: python examples/heap_pictures.py [OUT.png]      (needs: pip install 'pyslab-alloc[viz]')
 """
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pyslab
+import pyslab.observe
 
 
 def build(allocator: pyslab.SlabAllocator, seed: int = 1) -> list[int]:
@@ -26,15 +27,15 @@ def build(allocator: pyslab.SlabAllocator, seed: int = 1) -> list[int]:
     return live
 
 
-def main(out: Path) -> pyslab.HeapMap:
+def main(out: Path) -> pyslab.observe.HeapMap:
     with pyslab.SlabAllocator(policy="dict-lookup") as allocator:
         live = build(allocator)
-        heap = allocator.heap_map()
+        heap = pyslab.observe.heap_map(allocator)
         allocator.validate()
         for address in live:
             allocator.free(address)
     print(heap.to_text(free_list=True, max_slabs=6))
-    path = pyslab.render_map(heap, out, show_free_list=True,
+    path = pyslab.observe.render_map(heap, out, show_free_list=True,
                              title=f"{len(live)} live blocks after freeing every other one")
     print(f"\nwrote {path}")
     return heap

@@ -1,7 +1,8 @@
 """pyslab: a slab allocator on real ``mmap``'d memory, written in Python on ctypes.
 
 It hands out real addresses that C code can read and write, in the design of Bonwick's slab
-allocator as the seed (a Rust ``GlobalAlloc``) builds it, with every decision a swappable policy.
+allocator (USENIX 1994) as the Rust ``slab-alloc`` crate builds it for ``GlobalAlloc``, with
+every decision a swappable policy.
 
 Glossary
 --------
@@ -33,11 +34,16 @@ system fallback
     libc ``malloc``/``posix_memalign``/``free``, for requests larger than the largest class or
     aligned beyond any class; every such block is tracked so ``free`` routes it back.
 typed slab
-    :class:`Slab`: the seed blog's fixed-capacity ``Slab<T, N>``, ``capacity`` values of one
-    ctypes type in slab memory, addressed by index (``insert``/``remove``/``get``/``view``).
+    :class:`Slab`: a fixed-capacity ``Slab<T, N>`` as Rust writes it, ``capacity`` values of
+    one ctypes type in slab memory, addressed by index (``insert``/``remove``/``get``/``view``).
 object cache
-    :class:`ObjectCache` (``SlabAllocator.cache``): Bonwick's ``kmem_cache``, objects whose
-    constructor runs once per slab and which keep their constructed state between uses.
+    :class:`ObjectCache` (``ObjectCache(heap, ctype, ctor, dtor)``): Bonwick's ``kmem_cache``,
+    objects whose constructor runs once per slab and which keep their constructed state
+    between uses.
+client
+    A feature built on one allocator (buffers, C functions, object caches): a
+    :class:`~pyslab.core.HeapClient` that the allocator involves in ``shrink``, ``close`` and
+    ``stats``, without importing it.
 
 Size classes (defaults, 4096-byte slabs)
 ----------------------------------------
@@ -91,17 +97,27 @@ Invariants (checked by :meth:`SlabAllocator.validate`)
 
 A failed ``free``/``realloc``/``usable_size`` changes nothing: every check comes before the
 first write.
+
+Layers
+------
+Each layer imports only the layers below it, and only what their ``__init__`` exports::
+
+    cli                      the pyslab command (python -m pyslab)
+    observe  lab             reports, heap maps, pictures | workloads, traces, the harness
+    objects                  typed slabs, object caches
+    interop                  ctypes buffers, install(), C malloc functions
+    core                     the allocator and its heap operations
+    policy                   the plugin interface, composition, the registry
+    errors                   the exception types
+
+``pyslab_plugins`` (the built-in policies and workloads, one per file) is a client of
+``policy``, ``core`` and ``lab`` like any third-party plugin package. This module re-exports
+what most programs need; everything else is reached through its layer.
 """
 
 from __future__ import annotations
 
-from ._memory import FreeNode
-from .allocator import SlabAllocator
-from .animation import animate
-from .arena import ArenaLargeObjects, ArenaPageSource
-from .buffers import SlabBuffers
-from .cabi import CallbackFailure, CFunctionError, CFunctions
-from .cache import ObjectCache
+from .core import FreeNode, SlabAllocator
 from .errors import (
     AllocatorClosedError,
     CorruptionError,
@@ -112,114 +128,34 @@ from .errors import (
     PyslabWarning,
     UnknownPolicyError,
 )
-from .harness import HeapMetrics, MeasuringPageSource, RunResult, measure_heap, run_workload
-from .heapmap import ClassMap, HeapMap, SlabMap, SlotState
-from .installer import (
-    create_string_buffer,
-    create_unicode_buffer,
-    current,
-    default_allocator,
-    install,
-    installed,
-    new,
-    uninstall,
-)
-from .pages import LargeObjects, MmapPageSource, PageSource
-from .policy import BlockOperations, Heap, Policy, ResolvedPolicy
-from .registry import PolicySpec, make_policy, policies
-from .render import render_map
-from .report import (
-    ClassCounters,
-    ClassReport,
-    CountsAllocations,
-    HeapReport,
-    PolicyCounters,
-    build_report,
-)
-from .slab import MemorySlab, SizeClass, SlabState
-from .stats import AllocatorStats, CacheStats, ClassStats
-from .trace import TraceError, TraceEvent, read_trace, record_workload, write_trace
-from .typed import Slab
-from .workload import (
-    UnknownWorkloadError,
-    Workload,
-    WorkloadError,
-    WorkloadHeap,
-    make_workload,
-    workloads,
-)
+from .interop import buffers, c_functions, current, install, installed, new, uninstall
+from .objects import ObjectCache, Slab
+from .policy import Policy, PolicySpec, make_policy, policies
 
 __all__ = [
     "AllocatorClosedError",
-    "AllocatorStats",
-    "ArenaLargeObjects",
-    "ArenaPageSource",
-    "BlockOperations",
-    "CFunctionError",
-    "CFunctions",
-    "CacheStats",
-    "CallbackFailure",
-    "ClassCounters",
-    "ClassMap",
-    "ClassReport",
-    "ClassStats",
     "CorruptionError",
-    "CountsAllocations",
     "DoubleFreeError",
     "FreeNode",
-    "Heap",
-    "HeapMap",
-    "HeapMetrics",
-    "HeapReport",
     "InvalidFreeError",
-    "LargeObjects",
-    "MeasuringPageSource",
-    "MemorySlab",
-    "MmapPageSource",
     "ObjectCache",
-    "PageSource",
     "Policy",
-    "PolicyCounters",
     "PolicyError",
     "PolicySpec",
     "PyslabError",
     "PyslabWarning",
-    "ResolvedPolicy",
-    "RunResult",
-    "SizeClass",
     "Slab",
     "SlabAllocator",
-    "SlabBuffers",
-    "SlabMap",
-    "SlabState",
-    "SlotState",
-    "TraceError",
-    "TraceEvent",
     "UnknownPolicyError",
-    "UnknownWorkloadError",
-    "Workload",
-    "WorkloadError",
-    "WorkloadHeap",
-    "animate",
-    "build_report",
-    "create_string_buffer",
-    "create_unicode_buffer",
+    "buffers",
+    "c_functions",
     "current",
-    "default_allocator",
     "install",
     "installed",
     "make_policy",
-    "make_workload",
-    "measure_heap",
     "new",
     "policies",
-    "read_trace",
-    "record_workload",
-    "render_map",
-    "run_workload",
     "uninstall",
-    "workloads",
-    "write_trace",
 ]
 
 __version__ = "0.1.0"

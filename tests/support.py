@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine
 
 import pyslab
+import pyslab.core
 
 CONFIGURATIONS: tuple[str, ...] = (
     "first-fit",
@@ -59,7 +60,7 @@ def block_intact(address: int, size: int, byte: int) -> bool:
 class HeapSnapshot:
     """Everything observable about an allocator: stats, every slab's fields, live bytes."""
 
-    stats: pyslab.AllocatorStats
+    stats: pyslab.core.AllocatorStats
     slabs: tuple[tuple[int, int, int, int, int, int], ...]
     contents: tuple[bytes, ...]
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 import pyslab
+import pyslab.core
 from tests.support import fill_block, is_mapped, pattern_byte, snapshot, state_machine_case
 from tests.test_state_machine import AllocatorMachine
 
@@ -42,7 +43,7 @@ def rss_bytes() -> int:
 
 
 def test_slabs_are_carved_from_the_region_aligned_to_their_size() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     with pyslab.SlabAllocator(slab_size=4 * PAGE, page_source=source) as alloc:
         blocks = [alloc.alloc(512) for _ in range(100)]
         start, end = source.region
@@ -56,7 +57,7 @@ def test_slabs_are_carved_from_the_region_aligned_to_their_size() -> None:
 
 
 def test_released_slabs_leave_the_resident_set() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     with pyslab.SlabAllocator(policy=pyslab.make_policy("reclaim", keep=0),
                               page_source=source) as alloc:
         blocks = [alloc.alloc(1024) for _ in range(4 * 8)]  # 8 slabs of 4 blocks
@@ -75,7 +76,7 @@ def test_released_slabs_leave_the_resident_set() -> None:
 
 
 def test_process_rss_falls_when_large_blocks_go_back() -> None:
-    source = pyslab.ArenaPageSource(64 * MIB)
+    source = pyslab.core.ArenaPageSource(64 * MIB)
     with pyslab.SlabAllocator(page_source=source) as alloc:
         blocks = [alloc.alloc(4 * MIB) for _ in range(8)]
         for address in blocks:
@@ -89,7 +90,7 @@ def test_process_rss_falls_when_large_blocks_go_back() -> None:
 
 
 def test_memory_handed_out_again_reads_zero() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     with pyslab.SlabAllocator(policy="reclaim", page_source=source) as alloc:
         large = alloc.alloc(3 * PAGE)
         fill_block(large, 3 * PAGE, 0xFF)
@@ -101,7 +102,7 @@ def test_memory_handed_out_again_reads_zero() -> None:
 
 
 def test_large_blocks_come_from_the_arena_and_honour_alignment() -> None:
-    source = pyslab.ArenaPageSource(4 * MIB)
+    source = pyslab.core.ArenaPageSource(4 * MIB)
     with pyslab.SlabAllocator(page_source=source) as alloc:
         start, end = source.region
         blocks = []
@@ -120,7 +121,7 @@ def test_large_blocks_come_from_the_arena_and_honour_alignment() -> None:
 
 
 def test_large_objects_can_be_left_to_libc() -> None:
-    source = pyslab.ArenaPageSource(MIB, large_objects=False)
+    source = pyslab.core.ArenaPageSource(MIB, large_objects=False)
     with pyslab.SlabAllocator(page_source=source) as alloc:
         address = alloc.alloc(100_000)
         assert not source.region[0] <= address < source.region[1]
@@ -129,7 +130,7 @@ def test_large_objects_can_be_left_to_libc() -> None:
 
 
 def test_exhaustion_raises_memory_error_and_leaves_the_allocator_consistent() -> None:
-    source = pyslab.ArenaPageSource(4 * PAGE)
+    source = pyslab.core.ArenaPageSource(4 * PAGE)
     with pyslab.SlabAllocator(size_classes=(64, 1024), page_source=source) as alloc:
         large = 2 * PAGE - 100
         blocks = {alloc.alloc(64): 64 for _ in range(PAGE // 64)}  # one full slab
@@ -152,7 +153,7 @@ def test_exhaustion_raises_memory_error_and_leaves_the_allocator_consistent() ->
 
 
 def test_large_blocks_are_checked_like_libc_ones() -> None:
-    with pyslab.SlabAllocator(page_source=pyslab.ArenaPageSource(MIB)) as alloc:
+    with pyslab.SlabAllocator(page_source=pyslab.core.ArenaPageSource(MIB)) as alloc:
         address = alloc.alloc(50_000)
         alloc.free(address)
         with pytest.raises(pyslab.DoubleFreeError, match=f"{address:#x}"):
@@ -163,7 +164,7 @@ def test_large_blocks_are_checked_like_libc_ones() -> None:
 
 
 def test_blocks_libc_served_to_reentrant_calls_go_back_to_libc() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     service = source.large_objects()
     assert service is not None
     foreign = _malloc(64)
@@ -177,7 +178,7 @@ def test_blocks_libc_served_to_reentrant_calls_go_back_to_libc() -> None:
 
 
 def test_close_unmaps_the_region() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     alloc = pyslab.SlabAllocator(page_source=source)
     alloc.alloc(64)
     alloc.alloc(20_000)
@@ -191,7 +192,7 @@ def test_close_unmaps_the_region() -> None:
 
 
 def test_a_dropped_arena_is_unmapped() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     start = source.region[0]
     del source
     assert not is_mapped(start)
@@ -212,11 +213,11 @@ def test_bad_arguments_are_refused(
     size, *rest = args
     kwargs = {"large_objects": rest[0]} if rest else {}
     with pytest.raises(error, match=message):
-        pyslab.ArenaPageSource(size, **kwargs)
+        pyslab.core.ArenaPageSource(size, **kwargs)
 
 
 def test_bad_slab_sizes_and_ranges_are_refused() -> None:
-    source = pyslab.ArenaPageSource(MIB)
+    source = pyslab.core.ArenaPageSource(MIB)
     with pytest.raises(ValueError, match="3000"):
         source.map_slab(3000)
     with pytest.raises(ValueError, match="12288"):
@@ -230,7 +231,7 @@ def test_bad_slab_sizes_and_ranges_are_refused() -> None:
 
 
 def test_the_size_is_rounded_up_to_pages() -> None:
-    source = pyslab.ArenaPageSource(PAGE + 1)
+    source = pyslab.core.ArenaPageSource(PAGE + 1)
     assert source.reserved_bytes == 2 * PAGE
     source.close()
 
@@ -242,7 +243,7 @@ class ArenaMachine(AllocatorMachine):
         super().__init__()
         self.allocator.close()
         self.allocator = pyslab.SlabAllocator(
-            policy=self.configuration, page_source=pyslab.ArenaPageSource(64 * MIB)
+            policy=self.configuration, page_source=pyslab.core.ArenaPageSource(64 * MIB)
         )
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import pyslab
+import pyslab.core
 from benchmarks import batch, bookkeeping, hardening, pairs, reclamation, scaling
 from benchmarks.context import Context
 from benchmarks.heaps import Heap, build_full_heap, discover, libc_heap, rss_bytes
@@ -190,7 +191,7 @@ class _Poison(pyslab.Policy):
     def __init__(self, poison: bool = False, checks: int = 0) -> None:
         self.poison = poison
 
-    def block_freed(self, slab: pyslab.MemorySlab, address: int) -> None:
+    def block_freed(self, slab: pyslab.core.MemorySlab, address: int) -> None:
         if self.poison:
             ctypes.memset(address + 8, 0xDD, slab.slot_size - 8)
 

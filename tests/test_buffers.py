@@ -15,7 +15,9 @@ from typing import Any
 import pytest
 
 import pyslab
-from pyslab.buffers import live_objects
+import pyslab.core
+import pyslab.interop
+from pyslab.interop.slab_buffers import live_objects
 from tests.support import CONFIGURATIONS
 
 _libc = ctypes.CDLL(None)
@@ -74,10 +76,10 @@ STRING_ARGUMENTS: list[tuple[object, ...]] = [
 def test_string_buffers_match_ctypes_for_every_argument_form(
     alloc: pyslab.SlabAllocator, args: tuple[Any, ...]
 ) -> None:
-    ours = _outcome(lambda: alloc.create_string_buffer(*args))
+    ours = _outcome(lambda: pyslab.buffers(alloc).create_string_buffer(*args))
     assert ours == _outcome(lambda: ctypes.create_string_buffer(*args))
     if isinstance(ours[0], type):
-        assert _in_slab(alloc, alloc.create_string_buffer(*args))
+        assert _in_slab(alloc, pyslab.buffers(alloc).create_string_buffer(*args))
 
 
 UNICODE_ARGUMENTS: list[tuple[object, ...]] = [
@@ -90,19 +92,19 @@ UNICODE_ARGUMENTS: list[tuple[object, ...]] = [
 def test_unicode_buffers_match_ctypes_for_every_argument_form(
     alloc: pyslab.SlabAllocator, args: tuple[Any, ...]
 ) -> None:
-    ours = _outcome(lambda: alloc.create_unicode_buffer(*args))
+    ours = _outcome(lambda: pyslab.buffers(alloc).create_unicode_buffer(*args))
     assert ours == _outcome(lambda: ctypes.create_unicode_buffer(*args))
     if isinstance(ours[0], type):
-        assert _in_slab(alloc, alloc.create_unicode_buffer(*args))
+        assert _in_slab(alloc, pyslab.buffers(alloc).create_unicode_buffer(*args))
 
 
 def test_recycled_slots_are_zeroed_as_ctypes_buffers_are(alloc: pyslab.SlabAllocator) -> None:
     for _ in range(3):
-        dirty = alloc.create_string_buffer(b"\xff" * 63)
+        dirty = pyslab.buffers(alloc).create_string_buffer(b"\xff" * 63)
         del dirty
-        buf = alloc.create_string_buffer(b"ab", 64)
+        buf = pyslab.buffers(alloc).create_string_buffer(b"ab", 64)
         assert buf.raw == b"ab" + bytes(62)
-        wide = alloc.create_unicode_buffer(16)
+        wide = pyslab.buffers(alloc).create_unicode_buffer(16)
         assert ctypes.string_at(ctypes.addressof(wide), ctypes.sizeof(wide)) == bytes(64)
         wide.value = "x" * 16
 
@@ -127,13 +129,13 @@ def _exercise(buf: Any) -> list[object]:
 
 
 def test_a_string_buffer_does_everything_a_ctypes_one_does(alloc: pyslab.SlabAllocator) -> None:
-    ours = _exercise(alloc.create_string_buffer(b"hello", 32))
+    ours = _exercise(pyslab.buffers(alloc).create_string_buffer(b"hello", 32))
     assert ours == _exercise(ctypes.create_string_buffer(b"hello", 32))
     assert ours[6:8] == [b"Jello!!!", b"Jello!!!" + bytes(24)]
 
 
 def test_a_unicode_buffer_does_everything_a_ctypes_one_does(alloc: pyslab.SlabAllocator) -> None:
-    buf = alloc.create_unicode_buffer("grüße \U0001f600", 20)
+    buf = pyslab.buffers(alloc).create_unicode_buffer("grüße \U0001f600", 20)
     assert buf.value == "grüße \U0001f600" and buf[2] == "ü" and "".join(buf[:5]) == "grüße"
     assert _libc.wcslen(buf) == 7
     buf[0] = "G"
@@ -163,19 +165,19 @@ class Labelled(ctypes.Structure):
 def test_new_places_every_kind_of_ctypes_type_and_initialises_it(
     alloc: pyslab.SlabAllocator,
 ) -> None:
-    point = alloc.new(Point, 3, name=b"origin")
+    point = pyslab.buffers(alloc).new(Point, 3, name=b"origin")
     assert (point.x, point.y, point.name) == (3, 0.0, b"origin")
-    number = alloc.new(Number, f=1.0)
+    number = pyslab.buffers(alloc).new(Number, f=1.0)
     assert number.i == 0x3F800000
-    array = alloc.new(ctypes.c_int16 * 5, 1, 2, 3)
+    array = pyslab.buffers(alloc).new(ctypes.c_int16 * 5, 1, 2, 3)
     assert list(array) == [1, 2, 3, 0, 0]
     target = ctypes.c_long(77)
-    pointer = alloc.new(ctypes.POINTER(ctypes.c_long), target)
+    pointer = pyslab.buffers(alloc).new(ctypes.POINTER(ctypes.c_long), target)
     assert pointer.contents.value == 77
-    simple = alloc.new(ctypes.c_double, 2.5)
+    simple = pyslab.buffers(alloc).new(ctypes.c_double, 2.5)
     assert simple.value == 2.5
-    assert alloc.new(Labelled, 4).value == 40  # a custom __init__ runs, as ctype(...) runs it
-    wide = alloc.new(ctypes.c_longdouble, 1.5)
+    assert pyslab.buffers(alloc).new(Labelled, 4).value == 40  # a custom __init__ runs, as ctype(...) runs it
+    wide = pyslab.buffers(alloc).new(ctypes.c_longdouble, 1.5)
     assert ctypes.addressof(wide) % ctypes.alignment(ctypes.c_longdouble) == 0
     for obj in (point, number, array, pointer, simple, wide):
         assert _in_slab(alloc, obj)
@@ -183,21 +185,21 @@ def test_new_places_every_kind_of_ctypes_type_and_initialises_it(
 
 
 def test_new_keeps_what_its_fields_point_to(alloc: pyslab.SlabAllocator, gc_off: None) -> None:
-    point = alloc.new(Point, name=b"kept " * 3)
+    point = pyslab.buffers(alloc).new(Point, name=b"kept " * 3)
     target = ctypes.c_long(5)
-    pointer = alloc.new(ctypes.POINTER(ctypes.c_long), target)
+    pointer = pyslab.buffers(alloc).new(ctypes.POINTER(ctypes.c_long), target)
     del target
     gc.collect()
     assert point.name == b"kept " * 3 and pointer.contents.value == 5
-    obj = alloc.new(ctypes.py_object, ["a python list"])
+    obj = pyslab.buffers(alloc).new(ctypes.py_object, ["a python list"])
     assert obj.value == ["a python list"]
 
 
 def test_new_zeroes_recycled_memory(alloc: pyslab.SlabAllocator) -> None:
     for _ in range(3):
-        alloc.new(ctypes.c_uint8 * 40, *([0xEE] * 40))
-        assert list(alloc.new(ctypes.c_uint8 * 40)) == [0] * 40
-    big = alloc.new(ctypes.c_char * 3000)
+        pyslab.buffers(alloc).new(ctypes.c_uint8 * 40, *([0xEE] * 40))
+        assert list(pyslab.buffers(alloc).new(ctypes.c_uint8 * 40)) == [0] * 40
+    big = pyslab.buffers(alloc).new(ctypes.c_char * 3000)
     assert big.raw == bytes(3000)
 
 
@@ -217,7 +219,7 @@ def test_new_rejects_what_is_not_a_ctypes_data_type(
 ) -> None:
     before = alloc.stats()
     with pytest.raises(TypeError, match=match):
-        alloc.new(ctype)
+        pyslab.buffers(alloc).new(ctype)
     assert alloc.stats() == before
 
 
@@ -233,7 +235,7 @@ def test_new_with_bad_initialisers_raises_as_the_type_does_and_frees(
         with pytest.raises((TypeError, IndexError)) as expected:
             ctype(*args)
         with pytest.raises(type(expected.value), match=re.escape(str(expected.value))):
-            alloc.new(ctype, *args)
+            pyslab.buffers(alloc).new(ctype, *args)
     gc.collect()
     assert alloc.stats().live_blocks == 0
 
@@ -258,14 +260,14 @@ DERIVATIONS: dict[str, Callable[[Any], object]] = {
 def test_a_buffer_lives_while_anything_derived_from_it_does(
     alloc: pyslab.SlabAllocator, derive: Callable[[Any], object], gc_off: None
 ) -> None:
-    buf = alloc.create_string_buffer(b"pattern-" * 6)
+    buf = pyslab.buffers(alloc).create_string_buffer(b"pattern-" * 6)
     address = ctypes.addressof(buf)
     derived = derive(buf)
     del buf
     gc.collect()
     assert alloc.owns(address)
     # Were the slot free, these would take it (last in, first out) and overwrite it.
-    others = [alloc.create_string_buffer(b"\xee" * 40, 49) for _ in range(4)]
+    others = [pyslab.buffers(alloc).create_string_buffer(b"\xee" * 40, 49) for _ in range(4)]
     assert ctypes.string_at(address, 48) == b"pattern-" * 6
     del derived
     gc.collect()
@@ -274,9 +276,9 @@ def test_a_buffer_lives_while_anything_derived_from_it_does(
 
 
 def test_buffers_are_freed_by_reference_counting(alloc: pyslab.SlabAllocator, gc_off: None) -> None:
-    buf = alloc.create_string_buffer(100)
-    wide = alloc.create_unicode_buffer("x")
-    obj = alloc.new(Point)
+    buf = pyslab.buffers(alloc).create_string_buffer(100)
+    wide = pyslab.buffers(alloc).create_unicode_buffer("x")
+    obj = pyslab.buffers(alloc).new(Point)
     addresses = [ctypes.addressof(o) for o in (buf, wide, obj)]
     assert alloc.stats().live_blocks == 3
     del buf, wide, obj
@@ -288,7 +290,7 @@ def test_buffers_in_reference_cycles_are_freed_by_the_collector(
     alloc: pyslab.SlabAllocator, gc_off: None
 ) -> None:
     for _ in range(50):
-        Node(alloc.create_string_buffer(64))
+        Node(pyslab.buffers(alloc).create_string_buffer(64))
     assert alloc.stats().live_blocks == 50
     gc.collect()
     assert alloc.stats().live_blocks == 0
@@ -309,7 +311,7 @@ class CollectInsideAllocations(pyslab.Policy):
     name = "collect-inside"
     armed = False
 
-    def block_allocated(self, slab: pyslab.MemorySlab, address: int, size: int) -> None:
+    def block_allocated(self, slab: pyslab.core.MemorySlab, address: int, size: int) -> None:
         if self.armed:
             self.armed = False
             gc.collect()
@@ -318,12 +320,12 @@ class CollectInsideAllocations(pyslab.Policy):
 def test_frees_from_a_collection_inside_an_allocation_are_deferred(gc_off: None) -> None:
     policy = CollectInsideAllocations()
     with pyslab.SlabAllocator(policy=["dict-lookup", policy]) as alloc:
-        keep = [alloc.create_string_buffer(b"keep", 64) for _ in range(10)]
+        keep = [pyslab.buffers(alloc).create_string_buffer(b"keep", 64) for _ in range(10)]
         for _ in range(30):
-            Node(alloc.create_string_buffer(64))
+            Node(pyslab.buffers(alloc).create_string_buffer(64))
         assert alloc.stats().live_blocks == 40
         policy.armed = True
-        last = alloc.create_string_buffer(b"last", 64)  # the collection runs inside this call
+        last = pyslab.buffers(alloc).create_string_buffer(b"last", 64)  # the collection runs inside this call
         stats = alloc.stats()
         assert stats.deferred_frees == 30
         assert stats.live_blocks == 11 and not alloc.deferred_errors
@@ -338,7 +340,7 @@ def test_creating_and_dropping_many_buffers_leaks_nothing(alloc: pyslab.SlabAllo
     rounds = 1_000_000 if os.environ.get("PYSLAB_LONG") == "1" else 200_000
     gc.collect()
     live, objects = alloc.stats().live_blocks, live_objects()
-    create = alloc.create_string_buffer
+    create = pyslab.buffers(alloc).create_string_buffer
     cyclic: list[object] = []
     for i in range(rounds):
         buf = create(64)
@@ -357,7 +359,7 @@ def test_buffers_from_many_threads_all_come_back(alloc: pyslab.SlabAllocator) ->
         try:
             kept = []
             for i in range(2000):
-                buf = alloc.create_string_buffer(bytes([seed]) * (i % 90 + 1))
+                buf = pyslab.buffers(alloc).create_string_buffer(bytes([seed]) * (i % 90 + 1))
                 if i % 7 == 0:
                     kept.append((buf, bytes(buf)))
             assert all(bytes(b) == contents for b, contents in kept)
@@ -377,7 +379,7 @@ def test_buffers_from_many_threads_all_come_back(alloc: pyslab.SlabAllocator) ->
 @pytest.mark.parametrize("policy", CONFIGURATIONS)
 def test_buffers_work_under_every_policy(policy: str) -> None:
     with pyslab.SlabAllocator(policy=policy) as alloc:
-        buffers = [alloc.create_string_buffer(b"p" * n) for n in range(0, 1200, 37)]
+        buffers = [pyslab.buffers(alloc).create_string_buffer(b"p" * n) for n in range(0, 1200, 37)]
         assert all(_in_slab(alloc, b) or ctypes.sizeof(b) > 1024 for b in buffers)
         assert all(b.value == b"p" * (ctypes.sizeof(b) - 1) for b in buffers)
         del buffers
@@ -387,7 +389,7 @@ def test_buffers_work_under_every_policy(policy: str) -> None:
 
 def test_a_buffer_outliving_its_closed_allocator_is_dropped_quietly() -> None:
     alloc = pyslab.SlabAllocator()
-    buf = alloc.create_string_buffer(8)
+    buf = pyslab.buffers(alloc).create_string_buffer(8)
     alloc.close()
     del buf  # its memory went back with close(): the finalizer does nothing
     assert not alloc.deferred_errors
@@ -398,9 +400,9 @@ def test_buffers_raise_the_same_audit_events_as_ctypes() -> None:
 import ctypes, sys, pyslab
 events = []
 sys.addaudithook(lambda e, a: events.append((e, a)) if e.startswith("ctypes.create_") else None)
-for make in (ctypes.create_string_buffer, pyslab.create_string_buffer):
+for make in (ctypes.create_string_buffer, pyslab.interop.create_string_buffer):
     make(b"ab"); make(5)
-for make in (ctypes.create_unicode_buffer, pyslab.create_unicode_buffer):
+for make in (ctypes.create_unicode_buffer, pyslab.interop.create_unicode_buffer):
     make("ab"); make(5)
 assert events[:2] == events[2:4] and events[4:6] == events[6:8], events
 print(events)

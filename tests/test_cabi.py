@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 import pyslab
-from pyslab.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
+import pyslab.interop
+from pyslab.interop.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
 from tests.support import block_intact, fill_block
 
 
@@ -31,7 +32,7 @@ class C:
     free: Any
 
     @classmethod
-    def of(cls, functions: pyslab.CFunctions) -> C:
+    def of(cls, functions: pyslab.interop.CFunctions) -> C:
         return cls(
             MALLOC_FUNC(functions.address("malloc")),
             CALLOC_FUNC(functions.address("calloc")),
@@ -49,7 +50,7 @@ def alloc() -> Iterator[pyslab.SlabAllocator]:
 
 @pytest.fixture
 def c(alloc: pyslab.SlabAllocator) -> C:
-    return C.of(alloc.c_functions())
+    return C.of(pyslab.c_functions(alloc))
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_calloc_zeroes_and_handles_zero_and_overflow(
     empty = c.calloc(0, 16)
     assert empty and alloc.owns(empty)
     assert c.calloc(2**40, 2**40) is None  # the product overflows size_t: NULL
-    functions = alloc.c_functions()
+    functions = pyslab.c_functions(alloc)
     assert "calloc(1099511627776, 1099511627776)" in functions.failures[0].call
     functions.clear()
     for address in (zeroed, empty):
@@ -120,13 +121,13 @@ def test_realloc_follows_c(alloc: pyslab.SlabAllocator, c: C) -> None:
     c.free(shrunk)
     c.free(None)  # free(NULL) does nothing
     assert alloc.stats().live_blocks == 0
-    assert not alloc.c_functions().failures
+    assert not pyslab.c_functions(alloc).failures
 
 
 def test_failures_return_null_and_are_recorded_never_raised_into_c(
     alloc: pyslab.SlabAllocator, c: C, unraisable: list[Any]
 ) -> None:
-    functions = alloc.c_functions()
+    functions = pyslab.c_functions(alloc)
     live = c.malloc(32)
     assert c.malloc(2**62) is None  # libc refuses: NULL
     c.free(live + 8)  # not a block's start: refused, the block stays live
@@ -142,7 +143,7 @@ def test_failures_return_null_and_are_recorded_never_raised_into_c(
     ]
     assert functions.failures[0].thread == threading.current_thread().name
     assert not unraisable
-    with pytest.raises(pyslab.CFunctionError, match="4 call") as raised:
+    with pytest.raises(pyslab.interop.CFunctionError, match="4 call") as raised:
         functions.check()
     assert isinstance(raised.value.__cause__, MemoryError)
     functions.check()  # cleared: nothing left to raise
@@ -151,17 +152,17 @@ def test_failures_return_null_and_are_recorded_never_raised_into_c(
 
 def test_a_closed_allocator_gives_null(unraisable: list[Any]) -> None:
     alloc = pyslab.SlabAllocator()
-    c = C.of(alloc.c_functions())
+    c = C.of(pyslab.c_functions(alloc))
     alloc.close()
     assert c.malloc(16) is None and c.calloc(1, 1) is None and c.realloc(None, 8) is None
-    failures = alloc.c_functions().failures
+    failures = pyslab.c_functions(alloc).failures
     assert {type(f.error) for f in failures} == {pyslab.AllocatorClosedError}
     assert not unraisable
 
 
 def test_the_functions_live_as_long_as_the_allocator(alloc: pyslab.SlabAllocator) -> None:
-    functions = alloc.c_functions()
-    assert alloc.c_functions() is functions
+    functions = pyslab.c_functions(alloc)
+    assert pyslab.c_functions(alloc) is functions
     malloc_address = functions.address("malloc")
     del functions
     gc.collect()
@@ -170,7 +171,7 @@ def test_the_functions_live_as_long_as_the_allocator(alloc: pyslab.SlabAllocator
     assert alloc.owns(address)
     alloc.free(address)
     with pytest.raises(ValueError, match="'mmap'"):
-        alloc.c_functions().address("mmap")
+        pyslab.c_functions(alloc).address("mmap")
 
 
 def test_the_functions_can_be_called_from_many_threads(alloc: pyslab.SlabAllocator, c: C) -> None:
@@ -199,7 +200,7 @@ def test_the_functions_can_be_called_from_many_threads(alloc: pyslab.SlabAllocat
         thread.start()
     for thread in threads:
         thread.join()
-    assert not errors and not alloc.c_functions().failures
+    assert not errors and not pyslab.c_functions(alloc).failures
     assert alloc.stats().live_blocks == 0
 
 
@@ -216,7 +217,7 @@ def test_the_functions_can_be_called_from_a_thread_python_never_saw(
     libc.pthread_join.argtypes = [ctypes.c_ulong, ctypes.POINTER(ctypes.c_void_p)]
     thread = ctypes.c_ulong()
     result = ctypes.c_void_p()
-    start = alloc.c_functions().address("malloc")
+    start = pyslab.c_functions(alloc).address("malloc")
     assert libc.pthread_create(ctypes.byref(thread), None, start, 64) == 0
     assert libc.pthread_join(thread, ctypes.byref(result)) == 0  # releases the GIL meanwhile
     address = result.value

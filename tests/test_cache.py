@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import pyslab
+import pyslab.objects
 from tests.support import run_threads
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -51,7 +52,7 @@ class Counted:
 def heap() -> Iterator[pyslab.SlabAllocator]:
     with pyslab.SlabAllocator() as allocator:
         yield allocator
-        for cache in allocator.caches():
+        for cache in pyslab.objects.caches(allocator):
             cache.validate()
         allocator.validate()
 
@@ -63,7 +64,7 @@ def counted() -> Counted:
 
 @pytest.fixture
 def conns(heap: pyslab.SlabAllocator, counted: Counted) -> pyslab.ObjectCache[Conn]:
-    return heap.cache(Conn, ctor=counted.ctor, dtor=counted.dtor, name="conn")
+    return pyslab.ObjectCache(heap, Conn, ctor=counted.ctor, dtor=counted.dtor, name="conn")
 
 
 # --- construction -------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def test_a_failing_constructor_undoes_the_slab(heap: pyslab.SlabAllocator) -> No
     def dtor(value: ctypes.c_int) -> None:
         destroyed.append(ctypes.addressof(value))
 
-    cache = heap.cache(ctypes.c_int, ctor=ctor, dtor=dtor)
+    cache = pyslab.ObjectCache(heap, ctypes.c_int, ctor=ctor, dtor=dtor)
     with pytest.raises(RuntimeError, match="no more"):
         cache.alloc()
     assert destroyed == built  # the five constructed objects were destroyed
@@ -181,7 +182,7 @@ def test_a_stale_reference_keeps_the_memory_of_a_reclaimed_slab(
 def test_close_refuses_while_objects_are_allocated_then_destroys_everything(
     heap: pyslab.SlabAllocator, counted: Counted
 ) -> None:
-    cache = heap.cache(Conn, ctor=counted.ctor, dtor=counted.dtor)
+    cache = pyslab.ObjectCache(heap, Conn, ctor=counted.ctor, dtor=counted.dtor)
     conn = cache.alloc()
     with pytest.raises(pyslab.PyslabError, match="1 objects allocated"):
         cache.close()
@@ -189,7 +190,7 @@ def test_close_refuses_while_objects_are_allocated_then_destroys_everything(
     cache.close()
     cache.close()
     assert sorted(counted.destroyed) == sorted(counted.constructed)
-    assert cache.closed and heap.caches() == ()
+    assert cache.closed and pyslab.objects.caches(heap) == ()
     with pytest.raises(pyslab.AllocatorClosedError):
         cache.alloc()
 
@@ -197,7 +198,7 @@ def test_close_refuses_while_objects_are_allocated_then_destroys_everything(
 def test_the_allocator_closing_first_stops_the_cache_without_touching_its_memory() -> None:
     allocator = pyslab.SlabAllocator()
     counted = Counted()
-    cache = allocator.cache(Conn, ctor=counted.ctor, dtor=counted.dtor)
+    cache = pyslab.ObjectCache(allocator, Conn, ctor=counted.ctor, dtor=counted.dtor)
     conn = cache.alloc()
     allocator.close()
     with pytest.raises(pyslab.AllocatorClosedError):
@@ -205,7 +206,7 @@ def test_the_allocator_closing_first_stops_the_cache_without_touching_its_memory
     with pytest.raises(pyslab.AllocatorClosedError):
         cache.free(conn)
     with pytest.raises(pyslab.AllocatorClosedError):
-        allocator.cache(Conn)
+        pyslab.ObjectCache(allocator, Conn)
     assert counted.destroyed == []
 
 
@@ -251,7 +252,7 @@ def test_an_address_inside_an_object_is_refused(conns: pyslab.ObjectCache[Conn])
 def test_an_object_of_another_cache_is_refused(
     heap: pyslab.SlabAllocator, conns: pyslab.ObjectCache[Conn]
 ) -> None:
-    other = heap.cache(Conn, name="other")
+    other = pyslab.ObjectCache(heap, Conn, name="other")
     theirs = other.alloc()
     with pytest.raises(pyslab.InvalidFreeError, match="not an object of cache 'conn'"):
         conns.free(theirs)
@@ -272,7 +273,7 @@ def test_an_object_of_the_wrong_type_is_a_type_error(conns: pyslab.ObjectCache[C
 def test_caches_appear_by_name_in_the_allocator_stats(
     heap: pyslab.SlabAllocator, conns: pyslab.ObjectCache[Conn]
 ) -> None:
-    ints = heap.cache(ctypes.c_int)
+    ints = pyslab.ObjectCache(heap, ctypes.c_int)
     held = [conns.alloc() for _ in range(3)]
     conns.free(held.pop())
     ints.free(ints.alloc())
@@ -296,24 +297,24 @@ def test_caches_appear_by_name_in_the_allocator_stats(
 def test_default_names_are_made_unique_and_explicit_ones_must_be(
     heap: pyslab.SlabAllocator,
 ) -> None:
-    first, second = heap.cache(Conn), heap.cache(Conn)
+    first, second = pyslab.ObjectCache(heap, Conn), pyslab.ObjectCache(heap, Conn)
     assert (first.name, second.name) == ("Conn", "Conn-2")
     with pytest.raises(ValueError, match="'Conn'"):
-        heap.cache(ctypes.c_int, name="Conn")
+        pyslab.ObjectCache(heap, ctypes.c_int, name="Conn")
     with pytest.raises(ValueError):
-        heap.cache(ctypes.c_int, name="")
+        pyslab.ObjectCache(heap, ctypes.c_int, name="")
     with pytest.raises(TypeError):
-        heap.cache(ctypes.c_int, name=3)  # type: ignore[arg-type]
+        pyslab.ObjectCache(heap, ctypes.c_int, name=3)  # type: ignore[arg-type]
     first.close()
-    assert heap.cache(ctypes.c_int, name="Conn").name == "Conn"  # a closed cache's name is free
+    assert pyslab.ObjectCache(heap, ctypes.c_int, name="Conn").name == "Conn"  # a closed cache's name is free
 
 
 def test_bad_cache_arguments_are_refused(heap: pyslab.SlabAllocator) -> None:
     with pytest.raises(TypeError):
-        heap.cache(int)  # type: ignore[type-var]
+        pyslab.ObjectCache(heap, int)  # type: ignore[type-var]
     with pytest.raises(TypeError, match="ctor"):
-        heap.cache(ctypes.c_int, ctor=3)  # type: ignore[arg-type]
-    assert heap.caches() == ()
+        pyslab.ObjectCache(heap, ctypes.c_int, ctor=3)  # type: ignore[arg-type]
+    assert pyslab.objects.caches(heap) == ()
 
 
 # --- sizes --------------------------------------------------------------------------------------
@@ -323,7 +324,7 @@ def test_bad_cache_arguments_are_refused(heap: pyslab.SlabAllocator) -> None:
 def test_objects_of_any_size_are_aligned_and_round_trip(
     heap: pyslab.SlabAllocator, ctype: type[ctypes.c_char]
 ) -> None:
-    cache = heap.cache(ctype)
+    cache = pyslab.ObjectCache(heap, ctype)
     objects = [cache.alloc() for _ in range(2 * cache.objects_per_slab + 1)]
     addresses = {ctypes.addressof(o) for o in objects}
     assert len(addresses) == len(objects)

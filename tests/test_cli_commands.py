@@ -9,6 +9,7 @@ import sys
 import pytest
 
 import pyslab
+import pyslab.lab
 from pyslab.cli import build_parser, main
 from pyslab.cli.commands import COMMANDS
 
@@ -66,7 +67,7 @@ def test_workloads_lists_every_workload_with_its_description(
     status, out, _ = _run(capsys, "workloads")
     assert status == 0
     listed = dict(line.split(None, 1) for line in out.splitlines())
-    assert listed == pyslab.workloads()
+    assert listed == pyslab.lab.workloads()
 
 
 @pytest.mark.parametrize(

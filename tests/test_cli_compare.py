@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 import pyslab
+import pyslab.lab
 from pyslab.cli import main
 from pyslab.cli._common import DEFAULT_CONFIGURATIONS
 
@@ -111,7 +112,7 @@ def test_the_default_run_covers_every_workload_under_the_default_configurations(
     status, out, err = _compare(capsys, "--ops", "300", "--json", str(path))
     assert status == 0, err
     pairs = [(r["workload"], r["configuration"]) for r in _runs(path)]
-    assert pairs == [(w, c) for w in pyslab.workloads() for c in DEFAULT_CONFIGURATIONS]
+    assert pairs == [(w, c) for w in pyslab.lab.workloads() for c in DEFAULT_CONFIGURATIONS]
     assert "seed 0" in out
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pyslab.cli import main
-from pyslab.trace import read_trace, write_trace
+from pyslab.lab.trace import read_trace, write_trace
 
 
 def _run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

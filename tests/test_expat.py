@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 import pyslab
-from pyslab.cabi import FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
+import pyslab.core
+import pyslab.interop
+from pyslab.interop.cabi import FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC
 
 _EXPAT_PATH = ctypes.util.find_library("expat")
 pytestmark = pytest.mark.skipif(_EXPAT_PATH is None, reason="libexpat is not installed")
@@ -70,7 +72,7 @@ class ExpatError(Exception):
 class Parser:
     """One expat parser recording its events; on pyslab when given its C functions."""
 
-    def __init__(self, functions: pyslab.CFunctions | None = None) -> None:
+    def __init__(self, functions: pyslab.interop.CFunctions | None = None) -> None:
         assert expat is not None
         if functions is None:
             self.handle = expat.XML_ParserCreate(None)
@@ -188,7 +190,7 @@ def test_the_document_is_real_and_large(document: bytes, expected: list[Event]) 
 def test_expat_parses_on_pyslab_exactly_as_on_libc(
     alloc: pyslab.SlabAllocator, document: bytes, expected: list[Event]
 ) -> None:
-    functions = alloc.c_functions()
+    functions = pyslab.c_functions(alloc)
     with Parser(functions) as parser:
         events = parser.parse(document)
         during = alloc.stats()
@@ -222,7 +224,7 @@ def test_parsers_on_many_threads_share_one_allocator(
     alloc: pyslab.SlabAllocator, document: bytes, expected: list[Event]
 ) -> None:
     """XML_Parse releases the GIL: the parsers run, and allocate, in parallel."""
-    functions = alloc.c_functions()
+    functions = pyslab.c_functions(alloc)
     results: dict[int, Any] = {}  # the events, or the exception
     small = document[: 120 * 1024]
     small_end = small.rindex(b"\n<node0") + 1
@@ -250,7 +252,7 @@ class Budget:
     """A page source that maps at most ``slabs`` slabs, then refuses: out of memory, for real."""
 
     def __init__(self, slabs: int) -> None:
-        self.source = pyslab.MmapPageSource()
+        self.source = pyslab.core.MmapPageSource()
         self.left = slabs
 
     @property
@@ -276,7 +278,7 @@ class Budget:
 
 def test_out_of_memory_reaches_expat_as_null_and_nothing_leaks(document: bytes) -> None:
     with pyslab.SlabAllocator(policy="dict-lookup", page_source=Budget(slabs=3)) as alloc:
-        functions = alloc.c_functions()
+        functions = pyslab.c_functions(alloc)
         with Parser(functions) as parser, pytest.raises(ExpatError) as failed:
             parser.parse(document)
         assert failed.value.code == 1  # XML_ERROR_NO_MEMORY
@@ -284,13 +286,13 @@ def test_out_of_memory_reaches_expat_as_null_and_nothing_leaks(document: bytes) 
         assert functions.failures and all(
             isinstance(f.error, MemoryError) for f in functions.failures
         )
-        with pytest.raises(pyslab.CFunctionError, match="malloc"):
+        with pytest.raises(pyslab.interop.CFunctionError, match="malloc"):
             functions.check()
 
 
 def test_a_parser_cannot_be_made_on_a_closed_allocator() -> None:
     alloc = pyslab.SlabAllocator()
-    functions = alloc.c_functions()
+    functions = pyslab.c_functions(alloc)
     alloc.close()
     with pytest.raises(MemoryError, match="NULL"):
         Parser(functions)

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import pyslab
+import pyslab.interop
 
 CTYPES_OWN = (ctypes.create_string_buffer, ctypes.create_unicode_buffer)
 _libc = ctypes.CDLL(None)
@@ -104,13 +105,13 @@ def test_installed_restores_even_when_the_block_raises() -> None:
 
 
 def test_module_functions_use_the_installed_allocator_or_the_default() -> None:
-    default = pyslab.default_allocator()
-    assert pyslab.default_allocator() is default
-    assert _owned_by(default, pyslab.create_string_buffer(b"default"))
-    assert _owned_by(default, pyslab.create_unicode_buffer("default"))
+    default = pyslab.interop.default_allocator()
+    assert pyslab.interop.default_allocator() is default
+    assert _owned_by(default, pyslab.interop.create_string_buffer(b"default"))
+    assert _owned_by(default, pyslab.interop.create_unicode_buffer("default"))
     assert _owned_by(default, pyslab.new(ctypes.c_int, 5))
     with pyslab.installed() as alloc:
-        assert _owned_by(alloc, pyslab.create_string_buffer(8))
+        assert _owned_by(alloc, pyslab.interop.create_string_buffer(8))
         assert _owned_by(alloc, pyslab.new(ctypes.c_double * 3))
         assert pyslab.new(ctypes.c_int, 9).value == 9
 

@@ -7,6 +7,7 @@ import os
 import pytest
 
 import pyslab
+import pyslab.core
 from tests.support import block_intact, fill_block, pattern_byte, snapshot
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -19,7 +20,7 @@ def _mask_policy(alloc: pyslab.SlabAllocator) -> pyslab.Policy:
 def test_the_policy_supplies_an_arena_for_slabs_only() -> None:
     with pyslab.SlabAllocator(policy="address-mask") as alloc:
         source = alloc.page_source
-        assert isinstance(source, pyslab.ArenaPageSource)
+        assert isinstance(source, pyslab.core.ArenaPageSource)
         assert source.reserved_bytes == 1 << 30
         assert source.large_objects() is None  # large blocks stay with libc
         address = alloc.alloc(64)
@@ -28,7 +29,7 @@ def test_the_policy_supplies_an_arena_for_slabs_only() -> None:
 
 
 def test_an_explicit_page_source_wins() -> None:
-    arena = pyslab.ArenaPageSource(1 << 20)
+    arena = pyslab.core.ArenaPageSource(1 << 20)
     with pyslab.SlabAllocator(policy="address-mask", page_source=arena) as alloc:
         assert alloc.page_source is arena
         assert alloc.policy.page_source is not None
@@ -41,7 +42,7 @@ def test_an_explicit_page_source_wins() -> None:
 def test_without_the_policy_the_default_source_is_mmap() -> None:
     with pyslab.SlabAllocator(policy="dict-lookup") as alloc:
         assert alloc.policy.page_source is None
-        assert isinstance(alloc.page_source, pyslab.MmapPageSource)
+        assert isinstance(alloc.page_source, pyslab.core.MmapPageSource)
 
 
 def test_every_byte_of_every_slab_finds_its_slab() -> None:

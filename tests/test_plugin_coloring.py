@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 import pyslab
+import pyslab.core
 from tests.support import block_intact, fill_block, pattern_byte, state_machine_case
 from tests.test_state_machine import AllocatorMachine
 
@@ -16,7 +17,7 @@ PALETTES = {48: (0,), 192: (0, 64), 320: (0, 64, 128, 192, 256), 768: (0, 256)}
 """The colors of those classes with 64-byte lines (see ``pyslab_plugins.coloring.colors``)."""
 
 
-def colors(size_class: pyslab.SizeClass, cache_line: int = 64) -> tuple[int, ...]:
+def colors(size_class: pyslab.core.SizeClass, cache_line: int = 64) -> tuple[int, ...]:
     """The plugin's palette for one class, read from a bound ``coloring`` policy."""
     with pyslab.SlabAllocator(
         size_classes=(size_class.slot_size,), slab_size=size_class.slab_size,
@@ -26,7 +27,7 @@ def colors(size_class: pyslab.SizeClass, cache_line: int = 64) -> tuple[int, ...
         return tuple(coloring.palette(alloc.size_classes[0]))
 
 
-def _class(alloc: pyslab.SlabAllocator, slot: int) -> pyslab.SizeClass:
+def _class(alloc: pyslab.SlabAllocator, slot: int) -> pyslab.core.SizeClass:
     return next(c for c in alloc.size_classes if c.slot_size == slot)
 
 

@@ -10,6 +10,7 @@ import tracemalloc
 import pytest
 
 import pyslab
+import pyslab.observe
 from tests.support import CONFIGURATIONS
 
 
@@ -32,7 +33,7 @@ def _populate(alloc: pyslab.SlabAllocator) -> list[int]:
 def test_counters_and_ratios_follow_their_definitions() -> None:
     with pyslab.SlabAllocator(policy="dict-lookup+stats") as alloc:
         blocks = _populate(alloc)
-        data = alloc.report_dict()
+        data = pyslab.observe.report_dict(alloc)
         classes = {c["slot_size"]: c for c in data["classes"]}  # type: ignore[attr-defined]
         assert {k: classes[8][k] for k in ("allocations", "frees", "live", "requested_bytes")} == {
             "allocations": 10, "frees": 4, "live": 6, "requested_bytes": 30,
@@ -60,7 +61,7 @@ def test_counters_and_ratios_follow_their_definitions() -> None:
 def test_the_text_report_has_a_line_per_used_class_and_the_totals() -> None:
     with pyslab.SlabAllocator(policy="stats") as alloc:
         blocks = _populate(alloc)
-        text = alloc.report()
+        text = pyslab.observe.report(alloc)
         assert text.startswith("pyslab heap report: policy stats, page source MmapPageSource")
         header = text.splitlines()[1].split()
         line = dict(zip(header, _class_line(text, 8), strict=True))
@@ -83,7 +84,7 @@ def test_slabs_created_reclaimed_and_peaks_are_counted() -> None:
         for address in blocks:
             alloc.free(address)
         blocks = [alloc.alloc(512) for _ in range(8)]  # one slab again
-        data = alloc.report_dict()
+        data = pyslab.observe.report_dict(alloc)
         c512 = next(c for c in data["classes"] if c["slot_size"] == 512)  # type: ignore[attr-defined]
         assert (c512["slabs"], c512["slabs_peak"], c512["slabs_created"], c512["slabs_reclaimed"]) \
             == (1, 3, 4, 3)
@@ -99,12 +100,12 @@ def test_attached_to_a_live_allocator_it_counts_old_blocks_as_full_slots() -> No
         old = [alloc.alloc(5) for _ in range(5)]
         alloc.set_policy("stats")
         new = alloc.alloc(5)
-        c8 = alloc.report_dict()["classes"][0]  # type: ignore[index]
+        c8 = pyslab.observe.report_dict(alloc)["classes"][0]  # type: ignore[index]
         assert (c8["requested_bytes"], c8["allocations"], c8["slabs_created"], c8["slabs_peak"]) \
             == (5 * 8 + 5, 1, 0, 1)
         for address in [*old, new]:
             alloc.free(address)
-        c8 = alloc.report_dict()["classes"][0]  # type: ignore[index]
+        c8 = pyslab.observe.report_dict(alloc)["classes"][0]  # type: ignore[index]
         assert (c8["requested_bytes"], c8["frees"]) == (0, 6)
         alloc.validate()
 
@@ -144,8 +145,8 @@ def test_the_size_table_costs_tens_of_bytes_per_block() -> None:
 def test_every_configuration_reports(spec: str) -> None:
     with pyslab.SlabAllocator(policy=spec) as alloc:
         blocks = _populate(alloc)
-        text = alloc.report()
-        data = alloc.report_dict()
+        text = pyslab.observe.report(alloc)
+        data = pyslab.observe.report_dict(alloc)
         assert f"policy {alloc.policy.name}," in text and "fragmentation" in text
         assert json.loads(json.dumps(data)) == data
         assert data["counted"] is ("stats" in spec)
@@ -159,37 +160,37 @@ def test_every_configuration_reports(spec: str) -> None:
 
 def test_the_report_of_an_empty_allocator_has_no_ratio() -> None:
     with pyslab.SlabAllocator(policy="stats") as alloc:
-        data = alloc.report_dict()
+        data = pyslab.observe.report_dict(alloc)
         assert data["mapped_bytes"] == 0
         assert (data["internal_fragmentation"], data["external_fragmentation"],
                 data["utilisation"]) == (None, None, None)
-        assert "internal -, external -, utilisation -" in alloc.report()
+        assert "internal -, external -, utilisation -" in pyslab.observe.report(alloc)
 
 
 def test_a_closed_allocator_has_no_report() -> None:
     alloc = pyslab.SlabAllocator(policy="stats")
     alloc.close()
     with pytest.raises(pyslab.AllocatorClosedError, match="report"):
-        alloc.report()
+        pyslab.observe.report(alloc)
     with pytest.raises(pyslab.AllocatorClosedError, match="report_dict"):
-        alloc.report_dict()
+        pyslab.observe.report_dict(alloc)
 
 
 def test_any_policy_can_supply_counters_through_the_protocol() -> None:
     class Fixed(pyslab.Policy):
         name = "fixed"
 
-        def counters(self) -> pyslab.PolicyCounters:
-            return pyslab.PolicyCounters(
-                classes=tuple(pyslab.ClassCounters(7, 0, 1, 1, 0, 7 * 3)
+        def counters(self) -> pyslab.observe.PolicyCounters:
+            return pyslab.observe.PolicyCounters(
+                classes=tuple(pyslab.observe.ClassCounters(7, 0, 1, 1, 0, 7 * 3)
                               for _ in self.heap.size_classes),
                 mapped_peak=123,
             )
 
     with pyslab.SlabAllocator(size_classes=(8,), policy=[Fixed()]) as alloc:
-        assert isinstance(alloc.policy.policies[1], pyslab.CountsAllocations)
+        assert isinstance(alloc.policy.policies[1], pyslab.observe.CountsAllocations)
         addresses = [alloc.alloc(3) for _ in range(7)]
-        data = alloc.report_dict()
+        data = pyslab.observe.report_dict(alloc)
         assert (data["mapped_peak"], data["requested_bytes"]) == (123, 21)
         assert data["internal_fragmentation"] == pytest.approx((56 - 21) / 56)
         for address in addresses:
@@ -197,16 +198,14 @@ def test_any_policy_can_supply_counters_through_the_protocol() -> None:
 
 
 def test_object_caches_appear_by_name() -> None:
-    if not hasattr(pyslab.SlabAllocator, "cache"):
-        pytest.skip("object caches (issue 5) are not in this tree")
     with pyslab.SlabAllocator(policy="stats") as alloc:
-        cache = alloc.cache(ctypes.c_double * 3, name="vec3")
+        cache = pyslab.ObjectCache(alloc, ctypes.c_double * 3, name="vec3")
         objects = [cache.alloc() for _ in range(10)]
-        data = alloc.report_dict()
+        data = pyslab.observe.report_dict(alloc)
         caches = data["caches"]
         assert isinstance(caches, list) and [c["name"] for c in caches] == ["vec3"]
         assert caches[0]["live_objects"] == 10
-        text = alloc.report()
+        text = pyslab.observe.report(alloc)
         assert "object caches:" in text
         assert text.splitlines()[-1].split()[:2] == ["vec3", "c_double_Array_3"]
         for obj in objects:

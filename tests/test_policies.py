@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 import pyslab
+import pyslab.core
 from tests.support import block_intact, fill_block, is_mapped, pattern_byte
 
 
@@ -144,21 +145,21 @@ class CountingPolicy(pyslab.Policy):
     def __init__(self) -> None:
         self.allocated = self.freed = self.added = self.removed = self.refilled = 0
 
-    def block_allocated(self, slab: pyslab.MemorySlab, address: int, size: int) -> None:
+    def block_allocated(self, slab: pyslab.core.MemorySlab, address: int, size: int) -> None:
         assert slab.is_live(address) and size <= slab.slot_size
         self.allocated += 1
 
-    def block_freed(self, slab: pyslab.MemorySlab, address: int) -> None:
+    def block_freed(self, slab: pyslab.core.MemorySlab, address: int) -> None:
         assert not slab.is_live(address)
         self.freed += 1
 
-    def slab_added(self, size_class: pyslab.SizeClass, slab: pyslab.MemorySlab) -> None:
+    def slab_added(self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab) -> None:
         self.added += 1
 
-    def slab_removed(self, size_class: pyslab.SizeClass, slab: pyslab.MemorySlab) -> None:
+    def slab_removed(self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab) -> None:
         self.removed += 1
 
-    def slab_refilled(self, size_class: pyslab.SizeClass, slab: pyslab.MemorySlab) -> None:
+    def slab_refilled(self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab) -> None:
         self.refilled += 1
 
 
@@ -195,7 +196,7 @@ def test_observers_added_later_learn_existing_slabs() -> None:
 class BadColor(pyslab.Policy):
     name = "bad-color"
 
-    def slab_color(self, size_class: pyslab.SizeClass, serial: int) -> int:
+    def slab_color(self, size_class: pyslab.core.SizeClass, serial: int) -> int:
         return 12
 
 

@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 import pyslab
-from pyslab.animation import FragmentationDemo, record_frames
-from pyslab.render import COLORS, render_comparison
+import pyslab.lab
+import pyslab.observe
+from pyslab.observe.animation import FragmentationDemo, record_frames
+from pyslab.observe.render import COLORS, render_comparison
 
 Image = pytest.importorskip("PIL.Image", reason="the viz extra (Pillow) is not installed")
 pytest.importorskip("matplotlib", reason="the viz extra (matplotlib) is not installed")
@@ -38,9 +40,9 @@ def _fragmented(allocator: pyslab.SlabAllocator, blocks: int = 300) -> list[int]
 def test_render_map_writes_a_png_with_every_slot_state_in_its_colour(tmp_path: Path) -> None:
     with pyslab.SlabAllocator() as allocator:
         _fragmented(allocator)
-        heap = allocator.heap_map()
+        heap = pyslab.observe.heap_map(allocator)
         allocator.validate()
-    path = pyslab.render_map(heap, tmp_path / "heap.png", dpi=50)
+    path = pyslab.observe.render_map(heap, tmp_path / "heap.png", dpi=50)
     assert path == tmp_path / "heap.png"
     with Image.open(path) as image:
         assert image.format == "PNG"
@@ -48,7 +50,7 @@ def test_render_map_writes_a_png_with_every_slot_state_in_its_colour(tmp_path: P
         assert image.width == 11 * 50
         assert 200 < image.height < 40 * 50
     colors = _colors_in(path)
-    for state in pyslab.SlotState:
+    for state in pyslab.observe.SlotState:
         assert _rgb(COLORS[state]) in colors, state
 
 
@@ -57,10 +59,10 @@ def test_the_free_list_order_is_drawn_on_request(tmp_path: Path) -> None:
         blocks = [allocator.alloc(1024) for _ in range(8)]
         for address in blocks[::2]:
             allocator.free(address)
-        heap = allocator.heap_map()
+        heap = pyslab.observe.heap_map(allocator)
         allocator.validate()
-    plain = pyslab.render_map(heap, tmp_path / "plain.png", dpi=40)
-    ordered = pyslab.render_map(heap, tmp_path / "ordered.png", show_free_list=True, dpi=40)
+    plain = pyslab.observe.render_map(heap, tmp_path / "plain.png", dpi=40)
+    ordered = pyslab.observe.render_map(heap, tmp_path / "ordered.png", show_free_list=True, dpi=40)
     # The list's head is darkest: that shade appears only when the order is drawn.
     head = _rgb("#b34700")
     assert head not in _colors_in(plain)
@@ -72,14 +74,14 @@ def test_thousands_of_slabs_become_occupancy_bars_of_bounded_size(tmp_path: Path
         blocks = [allocator.alloc(1024) for _ in range(4 * 2500)]  # 2,500 slabs
         for address in blocks[::3]:
             allocator.free(address)
-        heap = allocator.heap_map()
+        heap = pyslab.observe.heap_map(allocator)
         allocator.validate()
     assert len(heap.slabs) == 2500
-    path = pyslab.render_map(heap, tmp_path / "many.png", dpi=40)
+    path = pyslab.observe.render_map(heap, tmp_path / "many.png", dpi=40)
     with Image.open(path) as image:
         assert image.width == 11 * 40
         assert image.height < 6 * 40  # one bar panel, not 2,500 rows
-    assert _rgb(COLORS[pyslab.SlotState.LIVE]) in _colors_in(path)
+    assert _rgb(COLORS[pyslab.observe.SlotState.LIVE]) in _colors_in(path)
 
 
 def test_a_series_with_history_keeps_one_image_size(tmp_path: Path) -> None:
@@ -100,26 +102,26 @@ def test_a_series_with_history_keeps_one_image_size(tmp_path: Path) -> None:
 def test_svg_and_pdf_are_written_too(tmp_path: Path) -> None:
     with pyslab.SlabAllocator() as allocator:
         allocator.alloc(64)
-        heap = allocator.heap_map()
-    svg = pyslab.render_map(heap, tmp_path / "heap.svg")
+        heap = pyslab.observe.heap_map(allocator)
+    svg = pyslab.observe.render_map(heap, tmp_path / "heap.svg")
     assert svg.read_text().lstrip().startswith("<?xml")
-    assert pyslab.render_map(heap, tmp_path / "heap.pdf").read_bytes().startswith(b"%PDF")
+    assert pyslab.observe.render_map(heap, tmp_path / "heap.pdf").read_bytes().startswith(b"%PDF")
 
 
 def test_bad_arguments_are_refused_and_nothing_is_written(tmp_path: Path) -> None:
     with pyslab.SlabAllocator() as allocator:
         allocator.alloc(64)
-        heap = allocator.heap_map()
+        heap = pyslab.observe.heap_map(allocator)
     with pytest.raises(TypeError, match="HeapMap"):
-        pyslab.render_map(allocator.stats(), tmp_path / "x.png")  # type: ignore[arg-type]
+        pyslab.observe.render_map(allocator.stats(), tmp_path / "x.png")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="'xyz'"):
-        pyslab.render_map(heap, tmp_path / "heap.xyz")
+        pyslab.observe.render_map(heap, tmp_path / "heap.xyz")
     with pytest.raises(ValueError, match="dpi must be positive, not 0"):
-        pyslab.render_map(heap, tmp_path / "heap.png", dpi=0)
+        pyslab.observe.render_map(heap, tmp_path / "heap.png", dpi=0)
     with pytest.raises(ValueError, match="max_rows must be positive, not -1"):
-        pyslab.render_map(heap, tmp_path / "heap.png", max_rows=-1)
+        pyslab.observe.render_map(heap, tmp_path / "heap.png", max_rows=-1)
     with pyslab.SlabAllocator(size_classes=(16, 32)) as other:
-        other_heap = other.heap_map()
+        other_heap = pyslab.observe.heap_map(other)
     with pytest.raises(ValueError, match="different layouts"):
         render_comparison([heap, other_heap], tmp_path / "two.png")
     assert list(tmp_path.iterdir()) == []
@@ -146,10 +148,10 @@ def test_record_frames_runs_the_same_calls_under_each_configuration() -> None:
 
 
 def test_record_frames_drives_reallocs_and_refuses_bad_arguments() -> None:
-    class Grow(pyslab.Workload):
+    class Grow(pyslab.lab.Workload):
         name = "grow"
 
-        def run(self, heap: pyslab.WorkloadHeap, ops: int, seed: int) -> None:
+        def run(self, heap: pyslab.lab.WorkloadHeap, ops: int, seed: int) -> None:
             block = heap.alloc(8)
             for size in range(16, 16 * ops, 16):
                 heap.realloc(block, size)
@@ -168,7 +170,7 @@ def test_record_frames_drives_reallocs_and_refuses_bad_arguments() -> None:
 
 def test_animate_writes_frames_a_looping_gif_and_a_strip(tmp_path: Path) -> None:
     (tmp_path / "frame_0009.png").write_bytes(b"left over from a longer run")
-    result = pyslab.animate(tmp_path, ["first-fit", "reclaim"], ops=1500, frames=2, dpi=30,
+    result = pyslab.observe.animate(tmp_path, ["first-fit", "reclaim"], ops=1500, frames=2, dpi=30,
                             strip_frames=2)
     assert [p.name for p in result.frames] == ["frame_0001.png", "frame_0002.png"]
     assert not (tmp_path / "frame_0009.png").exists()
@@ -193,7 +195,7 @@ def test_the_example_prints_the_map_and_writes_its_picture(
 ) -> None:
     namespace = runpy.run_path(str(EXAMPLES / "heap_pictures.py"))
     heap = namespace["main"](tmp_path / "example.png")
-    assert isinstance(heap, pyslab.HeapMap) and heap.used == 66
+    assert isinstance(heap, pyslab.observe.HeapMap) and heap.used == 66
     out = capsys.readouterr().out
     assert "1024-byte class: 8 slabs, 16/32 live (50%)" in out
     with Image.open(tmp_path / "example.png") as image:

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 import pyslab
-import pyslab.trace
-from pyslab.trace import (
+import pyslab.lab.trace
+from pyslab.lab.trace import (
     TraceError,
     TraceEvent,
     TraceWorkload,
@@ -31,7 +31,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "record_and_repl
 
 
 def test_the_documented_example_parses() -> None:
-    doc = pyslab.trace.__doc__ or ""
+    doc = pyslab.lab.trace.__doc__ or ""
     block = doc.split("one event a line::\n\n", 1)[1].split("\n\n", 1)[0]
     events = parse_trace(textwrap.dedent(block).splitlines(), "docstring")
     assert events == [
@@ -42,7 +42,7 @@ def test_the_documented_example_parses() -> None:
 
 @pytest.mark.parametrize("name", ["size-mix", "producer-consumer", "adversary"])
 def test_a_recorded_workload_round_trips_through_a_file(name: str, tmp_path: Path) -> None:
-    events = pyslab.record_workload(pyslab.make_workload(name), 2000, seed=5)
+    events = pyslab.lab.record_workload(pyslab.lab.make_workload(name), 2000, seed=5)
     path = tmp_path / f"{name}.trace"
     assert write_trace(events, path) == len(events)
     assert read_trace(path) == events
@@ -107,25 +107,25 @@ def test_a_trace_error_is_a_value_error_carrying_file_and_line() -> None:
 
 
 def test_the_recorder_refuses_what_a_trace_cannot_say() -> None:
-    recorder = pyslab.trace.TraceRecorder()
-    with pytest.raises(pyslab.WorkloadError, match="free of block 0"):
+    recorder = pyslab.lab.trace.TraceRecorder()
+    with pytest.raises(pyslab.lab.WorkloadError, match="free of block 0"):
         recorder.free(0)
-    with pytest.raises(pyslab.WorkloadError, match="asked for 0 bytes"):
+    with pytest.raises(pyslab.lab.WorkloadError, match="asked for 0 bytes"):
         recorder.alloc(0)
-    with pytest.raises(pyslab.WorkloadError, match="alignment 3"):
+    with pytest.raises(pyslab.lab.WorkloadError, match="alignment 3"):
         recorder.alloc(8, 3)
     assert recorder.events == []
 
 
 def test_replaying_a_trace_issues_exactly_its_events() -> None:
-    events = pyslab.record_workload(pyslab.make_workload("size-mix"), 3000, seed=1)
-    result = pyslab.run_workload(TraceWorkload(events, "mix"), "dict-lookup", ops=len(events))
+    events = pyslab.lab.record_workload(pyslab.lab.make_workload("size-mix"), 3000, seed=1)
+    result = pyslab.lab.run_workload(TraceWorkload(events, "mix"), "dict-lookup", ops=len(events))
     assert result.workload == "mix"
     assert (result.allocs, result.frees, result.reallocs) == tuple(
         sum(e.op == op for e in events) for op in "afr"
     )
     # The same sequence run directly gives the same heap: replay is faithful.
-    direct = pyslab.run_workload("size-mix", "dict-lookup", ops=3000, seed=1)
+    direct = pyslab.lab.run_workload("size-mix", "dict-lookup", ops=3000, seed=1)
     assert direct.final == result.final
     assert direct.slabs_created == result.slabs_created
 
@@ -226,7 +226,7 @@ def test_max_size_decides_what_is_too_large(captures: dict[str, Path]) -> None:
 def test_a_replayed_capture_validates_under_each_configuration(captures: dict[str, Path]) -> None:
     events = read_memray_capture(captures["python"]).events
     for configuration in ("first-fit", "dict-lookup+reclaim"):
-        result = pyslab.run_workload(TraceWorkload(events), configuration, ops=len(events))
+        result = pyslab.lab.run_workload(TraceWorkload(events), configuration, ops=len(events))
         assert result.allocs == sum(e.op == "a" for e in events)
 
 

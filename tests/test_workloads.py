@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 import pyslab
-from pyslab.harness import _MeasuredHeap
-from pyslab.trace import TraceRecorder
+import pyslab.lab
+from pyslab.lab.harness import _MeasuredHeap
+from pyslab.lab.trace import TraceRecorder
 
 BUILT_IN = (
     "adversary", "churn", "long-short", "producer-consumer", "ramp", "size-mix", "uniform",
@@ -24,33 +25,33 @@ CONFIGURATIONS = ("first-fit", "dict-lookup", "reclaim", "dict-lookup+reclaim")
 
 
 def test_every_built_in_workload_is_registered_with_a_one_line_description() -> None:
-    listed = pyslab.workloads()
+    listed = pyslab.lab.workloads()
     assert set(BUILT_IN) <= set(listed)
     for name in BUILT_IN:
         description = listed[name]
         assert description and "\n" not in description and len(description) <= 90
-        workload = pyslab.make_workload(name)
-        assert isinstance(workload, pyslab.Workload)
+        workload = pyslab.lab.make_workload(name)
+        assert isinstance(workload, pyslab.lab.Workload)
         assert workload.name == name == workload.label
 
 
 def test_an_unknown_workload_name_lists_the_known_ones() -> None:
-    with pytest.raises(pyslab.UnknownWorkloadError, match=r"'nope'.*adversary.*uniform"):
-        pyslab.make_workload("nope")
+    with pytest.raises(pyslab.lab.UnknownWorkloadError, match=r"'nope'.*adversary.*uniform"):
+        pyslab.lab.make_workload("nope")
 
 
 def test_bad_parameters_name_the_workload() -> None:
-    with pytest.raises(pyslab.WorkloadError, match="'uniform' does not take"):
-        pyslab.make_workload("uniform", colour="red")
+    with pytest.raises(pyslab.lab.WorkloadError, match="'uniform' does not take"):
+        pyslab.lab.make_workload("uniform", colour="red")
     with pytest.raises(ValueError, match="size must be a positive int, not 0"):
-        pyslab.make_workload("uniform", size=0)
+        pyslab.lab.make_workload("uniform", size=0)
 
 
 @pytest.mark.parametrize("name", sorted(set(BUILT_IN) - {"producer-consumer"}))
 def test_the_same_seed_gives_the_same_operation_sequence(name: str) -> None:
-    first = pyslab.record_workload(pyslab.make_workload(name), 3000, seed=7)
-    again = pyslab.record_workload(pyslab.make_workload(name), 3000, seed=7)
-    other = pyslab.record_workload(pyslab.make_workload(name), 3000, seed=8)
+    first = pyslab.lab.record_workload(pyslab.lab.make_workload(name), 3000, seed=7)
+    again = pyslab.lab.record_workload(pyslab.lab.make_workload(name), 3000, seed=7)
+    other = pyslab.lab.record_workload(pyslab.lab.make_workload(name), 3000, seed=8)
     assert first == again
     assert len(first) == pytest.approx(3000, rel=0.1)
     if name != "uniform":  # every uniform block has the same size: only the order can differ
@@ -62,7 +63,7 @@ def test_the_same_seed_gives_the_same_operation_sequence(name: str) -> None:
 def test_the_threaded_workload_makes_the_same_calls_for_a_seed() -> None:
     # Each producer's sizes are fixed by the seed; the interleaving is the scheduler's.
     def calls(seed: int) -> collections.Counter[tuple[str, int]]:
-        events = pyslab.record_workload(pyslab.make_workload("producer-consumer"), 4000, seed)
+        events = pyslab.lab.record_workload(pyslab.lab.make_workload("producer-consumer"), 4000, seed)
         return collections.Counter((e.op, e.size) for e in events)
 
     assert calls(3) == calls(3)
@@ -91,7 +92,7 @@ class _ThreadNoting(TraceRecorder):
 
 def test_producer_consumer_frees_every_block_on_another_thread() -> None:
     heap = _ThreadNoting()
-    pyslab.make_workload("producer-consumer").run(heap, 2000, seed=1)
+    pyslab.lab.make_workload("producer-consumer").run(heap, 2000, seed=1)
     assert heap.allocated_on.keys() == heap.freed_on.keys()
     assert len(heap.allocated_on) == 1000
     assert all(heap.freed_on[b] is not heap.allocated_on[b] for b in heap.allocated_on)
@@ -105,16 +106,16 @@ def test_producer_consumer_frees_every_block_on_another_thread() -> None:
 def test_a_failing_thread_fails_the_threaded_workload_without_hanging() -> None:
     class FailingFrees(TraceRecorder):
         def free(self, block: int) -> None:
-            raise pyslab.WorkloadError(f"refused to free {block}")
+            raise pyslab.lab.WorkloadError(f"refused to free {block}")
 
-    with pytest.raises(pyslab.WorkloadError, match="refused to free"):
-        pyslab.make_workload("producer-consumer", depth=4).run(FailingFrees(), 2000, seed=1)
+    with pytest.raises(pyslab.lab.WorkloadError, match="refused to free"):
+        pyslab.lab.make_workload("producer-consumer", depth=4).run(FailingFrees(), 2000, seed=1)
 
 
 @pytest.mark.parametrize("configuration", CONFIGURATIONS)
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_every_workload_runs_under_every_configuration(name: str, configuration: str) -> None:
-    result = pyslab.run_workload(name, configuration, ops=1500, seed=2)  # validates the heap
+    result = pyslab.lab.run_workload(name, configuration, ops=1500, seed=2)  # validates the heap
     assert (result.workload, result.configuration, result.ops, result.seed) == (
         name, configuration, 1500, 2,
     )
@@ -132,8 +133,8 @@ def test_every_workload_runs_under_every_configuration(name: str, configuration:
 
 
 def test_ramp_shows_what_reclamation_returns() -> None:
-    kept = pyslab.run_workload("ramp", "dict-lookup", ops=4000)
-    reclaimed = pyslab.run_workload("ramp", "dict-lookup+reclaim", ops=4000)
+    kept = pyslab.lab.run_workload("ramp", "dict-lookup", ops=4000)
+    reclaimed = pyslab.lab.run_workload("ramp", "dict-lookup+reclaim", ops=4000)
     assert kept.peak_mapped_bytes == reclaimed.peak_mapped_bytes
     assert kept.final_mapped_bytes == kept.peak_mapped_bytes and kept.slabs_reclaimed == 0
     # reclaim keeps at most one empty slab per class (8 classes).
@@ -143,14 +144,14 @@ def test_ramp_shows_what_reclamation_returns() -> None:
 
 
 def test_the_adversary_leaves_half_of_every_slab_free_and_nothing_reclaimable() -> None:
-    result = pyslab.run_workload("adversary", "dict-lookup+reclaim", ops=6000)
+    result = pyslab.lab.run_workload("adversary", "dict-lookup+reclaim", ops=6000)
     assert result.slabs_reclaimed == 0
     assert result.final.internal_fragmentation == 0.0  # every size is exactly a slot size
     assert result.final.external_fragmentation == pytest.approx(0.5, abs=0.05)
 
 
 def test_uniform_blocks_of_48_bytes_waste_a_quarter_of_their_64_byte_slots() -> None:
-    result = pyslab.run_workload("uniform", "first-fit", ops=2000)
+    result = pyslab.lab.run_workload("uniform", "first-fit", ops=2000)
     assert result.final.internal_fragmentation == 0.25
 
 
@@ -158,7 +159,7 @@ def test_measure_heap_follows_the_definitions() -> None:
     with pyslab.SlabAllocator(policy="dict-lookup") as allocator:
         blocks = [(allocator.alloc(24), 24) for _ in range(3)] + [(allocator.alloc(5000), 5000)]
         blocks += [(allocator.alloc(100), 100)]
-        metrics = pyslab.measure_heap(allocator, blocks)
+        metrics = pyslab.lab.measure_heap(allocator, blocks)
         allocator.validate()
         assert (metrics.live_blocks, metrics.large_blocks) == (4, 1)
         assert metrics.requested_bytes == 3 * 24 + 100
@@ -169,7 +170,7 @@ def test_measure_heap_follows_the_definitions() -> None:
         assert metrics.external_fragmentation == metrics.free_slot_bytes / 8192
         assert metrics.utilisation == 172 / 8192
         allocator.free(blocks[-1][0])  # its slab is now empty: its free slots do not count
-        metrics = pyslab.measure_heap(allocator, blocks[:-1])
+        metrics = pyslab.lab.measure_heap(allocator, blocks[:-1])
         assert metrics.free_slot_bytes == (128 - 3) * 32
         allocator.validate()
 
@@ -181,9 +182,9 @@ def test_the_measured_heap_rejects_blocks_that_are_not_live() -> None:
         heap.realloc(block, 2000)
         assert allocator.usable_size(heap.blocks[block][0]) == 2000
         heap.free(block)
-        with pytest.raises(pyslab.WorkloadError, match="free of block 0"):
+        with pytest.raises(pyslab.lab.WorkloadError, match="free of block 0"):
             heap.free(block)
-        with pytest.raises(pyslab.WorkloadError, match="realloc of block 7"):
+        with pytest.raises(pyslab.lab.WorkloadError, match="realloc of block 7"):
             heap.realloc(7, 10)
         assert (heap.allocs, heap.frees, heap.reallocs) == (1, 1, 1)
         allocator.validate()
@@ -191,24 +192,24 @@ def test_the_measured_heap_rejects_blocks_that_are_not_live() -> None:
 
 def test_a_run_takes_policy_instances_and_names_their_composition() -> None:
     reclaim = pyslab.make_policy("reclaim", keep=0)
-    first = pyslab.run_workload("ramp", [pyslab.make_policy("dict-lookup"), reclaim], ops=2000)
+    first = pyslab.lab.run_workload("ramp", [pyslab.make_policy("dict-lookup"), reclaim], ops=2000)
     assert first.configuration == "dict-lookup+reclaim"
     assert first.final_mapped_bytes == 0  # keep=0: every empty slab goes back
-    again = pyslab.run_workload("ramp", [reclaim], ops=2000)  # released by the first run's close
+    again = pyslab.lab.run_workload("ramp", [reclaim], ops=2000)  # released by the first run's close
     assert again.final_mapped_bytes == 0 and again.configuration == "reclaim"
 
 
 @pytest.mark.parametrize(("ops", "samples"), [(0, 10), (-1, 10), (10, 0), (2.5, 10)])
 def test_run_workload_rejects_bad_budgets(ops: object, samples: object) -> None:
     with pytest.raises(ValueError, match="must be a positive int"):
-        pyslab.run_workload("uniform", ops=ops, samples=samples)  # type: ignore[arg-type]
+        pyslab.lab.run_workload("uniform", ops=ops, samples=samples)  # type: ignore[arg-type]
 
 
 THIRD_PARTY = """\
 import pyslab
 
 
-class Stairs(pyslab.Workload):
+class Stairs(pyslab.lab.Workload):
     name = "stairs"
     description = "a third-party workload: blocks of 8, 16, 24... bytes"
 
@@ -259,11 +260,11 @@ def test_an_entry_point_that_is_not_a_workload_is_named(tmp_path: Path) -> None:
     )
     code = (
         "import pyslab\n"
-        "try:\n    pyslab.make_workload('broken')\n"
-        "except pyslab.WorkloadError as e:\n    print(e)\n"
+        "try:\n    pyslab.lab.make_workload('broken')\n"
+        "except pyslab.lab.WorkloadError as e:\n    print(e)\n"
     )
     run = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60,
         check=False,
     )
-    assert "'broken' (stairs_workload:NotAWorkload) is not a pyslab.Workload" in run.stdout
+    assert "'broken' (stairs_workload:NotAWorkload) is not a pyslab.lab.Workload" in run.stdout

@@ -12,9 +12,10 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
 
 import pyslab
+import pyslab.lab
 
 if TYPE_CHECKING:
-    from pyslab import RunResult
+    from pyslab.lab import RunResult
 
 __all__ = [
     "DEFAULT_CONFIGURATIONS",
@@ -110,8 +111,8 @@ def configuration(text: str) -> str:
 def workload_name(text: str) -> str:
     """The name of a registered workload."""
     try:
-        pyslab.make_workload(text)
-    except pyslab.WorkloadError as error:
+        pyslab.lab.make_workload(text)
+    except pyslab.lab.WorkloadError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
     return text
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Final, TextIO
 
-from pyslab import RunResult
+from pyslab.lab import RunResult
 
 from ._common import cli_extra
 

@@ -13,7 +13,8 @@ import argparse
 import sys
 
 import pyslab
-from pyslab.animation import animate, default_configurations
+import pyslab.observe
+from pyslab.observe.animation import animate, default_configurations
 
 from ._common import Subparsers, configuration, positive_int, unique
 from .map_command import _check_viz, add_run_options, make
@@ -81,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _percent(heap: pyslab.HeapMap) -> str:
+def _percent(heap: pyslab.observe.HeapMap) -> str:
     return f"{100 * heap.used / heap.capacity:5.1f}%" if heap.capacity else "    -"

@@ -1,7 +1,7 @@
 """``pyslab compare``: run workloads under policy configurations and compare what they cost.
 
 Each workload runs under each configuration on a fresh allocator
-(:func:`pyslab.run_workload`); the table shows one row per run. Without options: every
+(:func:`pyslab.lab.run_workload`); the table shows one row per run. Without options: every
 registered workload under :data:`~pyslab.cli._common.DEFAULT_CONFIGURATIONS`, 20,000 calls
 each, seed 0 (a few seconds on a 2-core machine).
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import pyslab
+import pyslab.lab
 
 from ._common import (
     DEFAULT_CONFIGURATIONS,
@@ -57,11 +58,11 @@ def run(args: argparse.Namespace) -> int:
     """Run every (workload, configuration) pair and report. Returns 0."""
     check_extras(plot=bool(args.plot))
     configs = unique(args.policy or DEFAULT_CONFIGURATIONS)
-    names = unique(args.workload or list(pyslab.workloads()))
+    names = unique(args.workload or list(pyslab.lab.workloads()))
     ops, seed = args.ops, args.seed
 
-    def one(name: str, config: str) -> pyslab.RunResult:
-        return pyslab.run_workload(pyslab.make_workload(name), config, ops=ops, seed=seed)
+    def one(name: str, config: str) -> pyslab.lab.RunResult:
+        return pyslab.lab.run_workload(pyslab.lab.make_workload(name), config, ops=ops, seed=seed)
 
     results = run_jobs([(name, config) for name in names for config in configs], one)
     meta = environment(

@@ -11,7 +11,9 @@ import argparse
 import sys
 
 import pyslab
-from pyslab.animation import FragmentationDemo, record_frames
+import pyslab.lab
+import pyslab.observe
+from pyslab.observe.animation import FragmentationDemo, record_frames
 
 from ._common import MissingExtra, Subparsers, UsageError, configuration, positive_int
 
@@ -65,15 +67,15 @@ def workload_or_demo(text: str) -> str:
     if text == DEMO:
         return text
     try:
-        pyslab.make_workload(text)
-    except pyslab.WorkloadError as error:
+        pyslab.lab.make_workload(text)
+    except pyslab.lab.WorkloadError as error:
         raise argparse.ArgumentTypeError(f"{error} (or {DEMO})") from None
     return text
 
 
-def make(name: str) -> pyslab.Workload:
+def make(name: str) -> pyslab.lab.Workload:
     """The workload ``name`` names (the demo, or a registered one)."""
-    return FragmentationDemo() if name == DEMO else pyslab.make_workload(name)
+    return FragmentationDemo() if name == DEMO else pyslab.lab.make_workload(name)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -94,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                        ascii=args.ascii))
     if args.png:
         try:
-            path = pyslab.render_map(heap, args.png, show_free_list=args.free_list,
+            path = pyslab.observe.render_map(heap, args.png, show_free_list=args.free_list,
                                      dpi=args.dpi)
         except ValueError as error:  # an image format matplotlib does not know
             raise UsageError(str(error)) from None

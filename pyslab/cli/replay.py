@@ -1,7 +1,7 @@
 """``pyslab replay TRACE``: replay an allocation trace under each configuration.
 
 ``TRACE`` is a plain pyslab trace or a memray capture (told apart by their first bytes; the
-formats and what is skipped of a capture are documented in :mod:`pyslab.trace`). The table has
+formats and what is skipped of a capture are documented in :mod:`pyslab.lab.trace`). The table has
 the columns of ``pyslab compare``, one row per configuration.
 """
 
@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import get_args
 
 import pyslab
-from pyslab.trace import (
+import pyslab.lab
+from pyslab.lab.trace import (
     Capture,
     Family,
     TraceError,
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     workload = TraceWorkload(events, label=Path(args.trace).name)
     configs = unique(args.policy or DEFAULT_CONFIGURATIONS)
 
-    def one(_: str, config: str) -> pyslab.RunResult:
-        return pyslab.run_workload(workload, config, ops=len(events))
+    def one(_: str, config: str) -> pyslab.lab.RunResult:
+        return pyslab.lab.run_workload(workload, config, ops=len(events))
 
     results = run_jobs([(workload.label, config) for config in configs], one)
     meta = environment(

@@ -1,11 +1,11 @@
 """``pyslab trace``: write traces in pyslab's plain format.
 
 - ``pyslab trace convert CAPTURE OUT``: a memray capture to the plain format (what is kept and
-  skipped is printed; rules in :mod:`pyslab.trace`);
+  skipped is printed; rules in :mod:`pyslab.lab.trace`);
 - ``pyslab trace record WORKLOAD OUT``: the calls a workload makes, for a seed.
 
 The format (one event a line: ``a ID SIZE [ALIGN]``, ``f ID``, ``r ID SIZE [ALIGN]``, between a
-``pyslab-trace 1`` line and an ``end COUNT`` line) is documented in :mod:`pyslab.trace`.
+``pyslab-trace 1`` line and an ``end COUNT`` line) is documented in :mod:`pyslab.lab.trace`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import argparse
 from pathlib import Path
 
 import pyslab
-from pyslab.trace import (
+import pyslab.lab
+from pyslab.lab.trace import (
     TraceError,
     is_memray_capture,
     read_memray_capture,
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(describe_capture(args.capture, capture))
         count = write_trace(capture.events, args.out)
     else:
-        events = record_workload(pyslab.make_workload(args.workload), args.ops, args.seed)
+        events = record_workload(pyslab.lab.make_workload(args.workload), args.ops, args.seed)
         count = write_trace(events, args.out)
     print(f"wrote {count:,} events to {args.out}")
     return 0

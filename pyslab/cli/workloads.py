@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 import pyslab
+import pyslab.lab
 
 from ._common import Subparsers, print_listing
 
@@ -21,4 +22,4 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Print one line per workload. Returns 0."""
-    return print_listing(pyslab.workloads())
+    return print_listing(pyslab.lab.workloads())

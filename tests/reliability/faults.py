@@ -4,7 +4,7 @@ SQLite's ``malloc*.test`` run a workload over and over, making the N-th memory r
 for N = 1, 2, ... until the workload runs through without reaching the failure; once with the
 failure transient (only request N fails) and once persistent (every request from N on fails).
 Here the requests are the page source's ``map_slab`` (a :class:`FailingPageSource` wraps the
-real :class:`~pyslab.MmapPageSource`) and the large-object service's ``allocate`` (a
+real :class:`~pyslab.core.MmapPageSource`) and the large-object service's ``allocate`` (a
 :class:`FailingLargeObjects` wraps the real libc-backed service, offered through the page
 source's ``large_objects()``). Nothing is mocked: every block is real memory, every failure is
 a real ``MemoryError`` raised where the real source would raise it.
@@ -30,11 +30,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyslab
-from pyslab import MmapPageSource, PageSource
+import pyslab.core
+from pyslab.core import MmapPageSource, PageSource
 from tests.support import CONFIGURATIONS, block_intact, fill_block, pattern_byte, snapshot
 
 if TYPE_CHECKING:
-    from pyslab.pages import LargeObjects
+    from pyslab.core.pages import LargeObjects
 
 __all__ = [
     "FailingLargeObjects",
@@ -124,7 +125,7 @@ class FailingLargeObjects:
 
 
 class FailingPageSource:
-    """A :class:`~pyslab.PageSource` around :class:`~pyslab.MmapPageSource` that fails on demand.
+    """A :class:`~pyslab.core.PageSource` around :class:`~pyslab.core.MmapPageSource` that fails on demand.
 
     ``slabs`` picks the ``map_slab`` requests that fail; ``large``, when given, the large-object
     requests (the source then offers ``large_objects()``, which the allocator uses for every
@@ -171,7 +172,7 @@ class FailingPageSource:
         """The failing large-object service, when large requests are to fail."""
         if self.large is None:
             return None
-        from pyslab._large import SystemFallback  # the default service, which this wraps
+        from pyslab.core._large import SystemFallback  # the default service, which this wraps
 
         return FailingLargeObjects(SystemFallback(), self.large)
 

@@ -25,7 +25,8 @@ import warnings
 from collections.abc import Callable
 
 import pyslab
-from pyslab import MemorySlab, Policy
+from pyslab import Policy
+from pyslab.core import MemorySlab
 from tests.support import block_intact, fill_block, pattern_byte
 
 __all__ = ["SCENARIOS", "main"]

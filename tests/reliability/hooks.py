@@ -26,7 +26,9 @@ import threading
 from collections import Counter
 
 import pyslab
-from pyslab import Heap, MemorySlab, Policy, SizeClass
+from pyslab import Policy
+from pyslab.core import MemorySlab, SizeClass
+from pyslab.policy import Heap
 
 __all__ = ["HOOKS_NAME", "ReentrantHooks", "with_hooks"]
 

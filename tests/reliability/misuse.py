@@ -31,6 +31,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pyslab
+import pyslab.core
 from tests.support import CONFIGURATIONS, block_intact, fill_block, pattern_byte, snapshot
 
 __all__ = [
@@ -97,7 +98,7 @@ class Populated:
                 return address
         return self.keep(size)
 
-    def full_slab(self, slot: int) -> pyslab.MemorySlab:
+    def full_slab(self, slot: int) -> pyslab.core.MemorySlab:
         """A slab of the ``slot``-byte class all of whose slots are live blocks of this case."""
         mine: set[int] = set()
         for _ in range(3 * self.allocator.slab_size // slot + 2):
@@ -267,7 +268,7 @@ def run_any(index: int, spec: str) -> Outcome:
 # --- the table ------------------------------------------------------------------------------
 
 
-def _slot(position: str, slab: pyslab.MemorySlab) -> int:
+def _slot(position: str, slab: pyslab.core.MemorySlab) -> int:
     index = {"first": 0, "middle": slab.capacity // 2, "last": slab.capacity - 1}[position]
     return slab.first + index * slab.slot_size
 

@@ -26,10 +26,7 @@ import pyslab
 from tests.reliability.faults import FailingPageSource, Injection
 from tests.support import CONFIGURATIONS, block_intact, fill_block
 
-if not hasattr(pyslab.SlabAllocator, "c_functions"):
-    pytest.skip("SlabAllocator.c_functions() is not there yet", allow_module_level=True)
-
-from pyslab.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC, CFunctionError
+from pyslab.interop.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC, CFunctionError
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -75,7 +72,7 @@ def alloc(request: pytest.FixtureRequest) -> Iterator[pyslab.SlabAllocator]:
 def test_many_threads_that_c_created_allocate_and_free_at_once(
     alloc: pyslab.SlabAllocator,
 ) -> None:
-    c = alloc.c_functions()
+    c = pyslab.c_functions(alloc)
     sizes = [8, 24, 64, 100, 512, 1024, 3000, 70_000] * 8
     blocks = _in_c_threads(c.address("malloc"), sizes)
     assert all(blocks) and len(set(blocks)) == len(blocks)
@@ -117,7 +114,7 @@ def c_stress(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
 def test_mimalloc_stress_in_c_threads_through_the_function_pointers(
     alloc: pyslab.SlabAllocator, c_stress: ctypes.CDLL
 ) -> None:
-    c = alloc.c_functions()
+    c = pyslab.c_functions(alloc)
     out = (ctypes.c_long * 4)()
     assert c_stress.pyslab_c_stress(c.malloc, c.calloc, c.realloc, c.free, 8, 3, 1, out) == 0
     corrupt, nulls, allocations, frees = out
@@ -134,13 +131,13 @@ def test_out_of_memory_through_c_gives_null_and_loses_nothing(persistent: bool) 
     """A sweep over the map_slab requests of a small C workload."""
     counting = Injection()
     with pyslab.SlabAllocator(page_source=FailingPageSource(slabs=counting)) as alloc:
-        c = alloc.c_functions()
+        c = pyslab.c_functions(alloc)
         for size in (8, 64, 512, 1024, 4000):
             c.free(c.malloc(size))
     for at in range(1, counting.requests + 1):
         injection = Injection(at=at, persistent=persistent)
         with pyslab.SlabAllocator(page_source=FailingPageSource(slabs=injection)) as alloc:
-            c = alloc.c_functions()
+            c = pyslab.c_functions(alloc)
             kept: list[tuple[int, int]] = []  # (address, size) of blocks C got; byte: index
             for size in (8, 64, 512, 1024, 4000):
                 address = c.malloc(size)
@@ -168,10 +165,10 @@ _QUIET = textwrap.dedent(
     """
     import ctypes, sys, threading
     import pyslab
-    from pyslab.cabi import MALLOC_FUNC, FREE_FUNC, REALLOC_FUNC
+    from pyslab.interop.cabi import MALLOC_FUNC, FREE_FUNC, REALLOC_FUNC
 
     alloc = pyslab.SlabAllocator(policy="dict-lookup")
-    c = alloc.c_functions()
+    c = pyslab.c_functions(alloc)
     # the C entry points, called through libffi as a C library would call them
     malloc = MALLOC_FUNC(c.address("malloc"))
     realloc = REALLOC_FUNC(c.address("realloc"))
@@ -209,10 +206,10 @@ _SIGNALLED = textwrap.dedent(
     """
     import signal, sys
     import pyslab
-    from pyslab.cabi import MALLOC_FUNC, FREE_FUNC
+    from pyslab.interop.cabi import MALLOC_FUNC, FREE_FUNC
 
     alloc = pyslab.SlabAllocator(policy="dict-lookup")
-    c = alloc.c_functions()
+    c = pyslab.c_functions(alloc)
     malloc = MALLOC_FUNC(c.address("malloc"))
     free = FREE_FUNC(c.address("free"))
 

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
-import pyslab.allocator
+import pyslab.core.allocator
 from tests.reliability.forking import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _core_handles_fork() -> bool:
-    return "register_at_fork" in inspect.getsource(pyslab.allocator)
+    return "register_at_fork" in inspect.getsource(pyslab.core.allocator)
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")

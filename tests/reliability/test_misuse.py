@@ -11,6 +11,7 @@ import ctypes
 import pytest
 
 import pyslab
+import pyslab.core
 from tests.reliability.misuse import (
     CASES,
     FRONT_END_MISSES,
@@ -118,7 +119,7 @@ def test_the_table_covers_every_group_and_class() -> None:
 # --- no false positives -----------------------------------------------------------------------
 
 
-def _look_alikes(slab: pyslab.MemorySlab, block: int) -> dict[str, bytes]:
+def _look_alikes(slab: pyslab.core.MemorySlab, block: int) -> dict[str, bytes]:
     """Contents a live block may hold that resemble what the allocator or a debugger writes."""
     word = ctypes.sizeof(ctypes.c_void_p)
     other_free = next((a for a in slab.free_list() if a != block), slab.bump)

@@ -1,0 +1,5 @@
+"""``python -m pyslab``: the pyslab command line."""
+
+from pyslab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,856 @@
+"""The slab allocator: size-class routing, the hot path, the system fallback and whole-heap work.
+
+Re-entrancy is the :mod:`~pyslab.core.guard`'s; the invariants are checked by
+:mod:`~pyslab.core.invariants`. Features built on an allocator (buffers, C functions, object
+caches) are :class:`~pyslab.core.clients.HeapClient` instances that it involves in ``shrink``,
+``close`` and ``stats``; it imports none of them.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import MethodType, TracebackType
+from typing import Final, TypeVar
+
+from pyslab.errors import (
+    AllocatorClosedError,
+    DoubleFreeError,
+    InvalidFreeError,
+    PolicyError,
+    PyslabError,
+)
+from pyslab.policy import BlockOperations, PolicySpec, ResolvedPolicy, parse_policies, resolve
+
+from . import forking as _forking
+from . import libc as _libc
+from ._large import SystemFallback
+from ._layout import DEFAULT_SIZE_CLASSES, DEFAULT_SLAB_SIZE, build_tables, check_layout
+from ._layout import slot_alignment as _slot_alignment
+from .clients import ClientT, HeapClient
+from .guard import CallGuard, Deferred
+from .invariants import check_class, check_slab, check_source, check_unsettled
+from .memory import WORD_SHIFT, WORDS, copy, fill
+from .pages import LargeObjects, MmapPageSource, PageSource
+from .slab import MemorySlab, SizeClass
+from .stats import AllocatorStats, ClassStats
+
+__all__ = ["SlabAllocator"]
+
+WORD: Final[int] = _libc.POINTER_SIZE
+_T = TypeVar("_T")
+_MISALIGNED: Final[int] = WORD - 1
+_OWNER_ATTRIBUTE: Final = "_pyslab_bound_to"
+
+
+class SlabAllocator(CallGuard):
+    """A slab allocator handing out real memory: addresses that C code can read and write.
+
+    Args:
+        size_classes: slot sizes, strictly ascending multiples of the pointer size, none larger
+            than a slab. Default ``(8, 16, 32, 64, 128, 256, 512, 1024)``.
+        slab_size: bytes per slab, a power-of-two multiple of the page size. Default 4096 (or
+            the page size where pages are larger).
+        policy: a :class:`~pyslab.Policy`, a registered name (``"dict-lookup"``), a
+            composition ``"dict-lookup+reclaim"`` or a sequence of names and instances.
+            Every composition starts from ``first-fit``. Default: ``first-fit`` alone.
+        page_source: where slabs come from. Default: the policy's ``page_source`` decision if
+            one provides it, else one ``mmap`` per slab. A source with ``large_objects()``
+            also serves the blocks too large for any class.
+
+    Raises:
+        TypeError, ValueError: the layout is invalid (the message names the bad value).
+        UnknownPolicyError: a policy name is not registered.
+
+    The allocator is safe to call from many threads, and re-entrant calls on one thread (a
+    finalizer run by the garbage collector in the middle of an allocation) neither deadlock nor
+    corrupt it: they are served by the system fallback, or deferred until the outer call ends.
+    """
+
+    def __init__(
+        self,
+        size_classes: Sequence[int] = DEFAULT_SIZE_CLASSES,
+        slab_size: int = DEFAULT_SLAB_SIZE,
+        policy: PolicySpec = None,
+        page_source: PageSource | None = None,
+    ) -> None:
+        classes = check_layout(size_classes, slab_size)
+        self._slab_size: Final = slab_size
+        self._classes: Final = tuple(
+            SizeClass(i, slot, slab_size, _slot_alignment(slot, slab_size))
+            for i, slot in enumerate(classes)
+        )
+        self._largest: Final = classes[-1]
+        self._tables = build_tables(self._classes)
+        resolved = resolve(parse_policies(policy))
+        if page_source is None and resolved.page_source is not None:
+            page_source = resolved.page_source()  # a policy may supply the source
+        self._source: Final = page_source if page_source is not None else MmapPageSource()
+        # A source may serve large blocks itself (an arena: no libc after start).
+        large_objects = getattr(self._source, "large_objects", None)
+        service: LargeObjects | None = large_objects() if large_objects is not None else None
+        self._large: Final[LargeObjects] = service if service is not None else SystemFallback()
+        CallGuard.__init__(self)
+        self._serial = 0  # slabs made so far: the next slab's serial number
+        self._reentrant_allocs = 0
+        self._closed = False
+        self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
+        with self._lock:
+            self._bind(resolved)
+        _forking.track(self, _forking.ALLOCATORS)  # fork(): see pyslab.core.forking
+
+    # --- public properties (the Heap protocol that policies see) ---------------------------
+
+    @property
+    def size_classes(self) -> tuple[SizeClass, ...]:
+        """Every size class, smallest first."""
+        return self._classes
+
+    @property
+    def slab_size(self) -> int:
+        """Bytes per slab."""
+        return self._slab_size
+
+    @property
+    def page_source(self) -> PageSource:
+        """Where slabs are mapped from."""
+        return self._source
+
+    @property
+    def policy(self) -> ResolvedPolicy:
+        """The bound policy composition."""
+        return self._policy
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    @property
+    def slabs_made(self) -> int:
+        """How many slabs this allocator has made (the next slab's serial number)."""
+        return self._serial
+
+    def class_for(self, size: int, align: int = WORD) -> SizeClass | None:
+        """The size class that serves ``alloc(size, align)``, or None for the system fallback.
+
+        Raises:
+            TypeError, ValueError: as :meth:`alloc` for a bad size or alignment.
+
+        Complexity: O(1).
+        """
+        return self._class_for(_checked_size(size, "size"), _checked_alignment(align))
+
+    def take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
+        """Allocate up to ``count`` blocks of ``size_class`` under one lock (a magazine refill).
+
+        Returns fewer, possibly none, when called re-entrantly (the heap may be half updated).
+
+        Raises:
+            MemoryError: no memory is left; the blocks already taken are given back first.
+            AllocatorClosedError: the allocator was closed.
+
+        Complexity: O(count), plus what new slabs cost.
+        """
+        self._check_closed("take_blocks")
+        return self._exclusively(
+            "take_blocks", lambda: self._take_blocks(size_class, count), reentrant=list
+        )
+
+    def _take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
+        taken: list[int] = []
+        try:
+            for _ in range(count):
+                taken.append(self._take(size_class, size_class.slot_size))
+        except MemoryError:
+            for address in taken:
+                self._free_locked(address)
+            raise
+        return taken
+
+    def return_blocks(self, addresses: Sequence[int]) -> None:
+        """Free every block of ``addresses`` under one lock (a magazine flush).
+
+        Called re-entrantly, the frees are deferred like any re-entrant free.
+
+        Raises:
+            InvalidFreeError: an address is not a live block; the ones before it are freed.
+
+        Complexity: O(len(addresses)) with an O(1) owner lookup.
+        """
+        def free_each() -> None:
+            for address in addresses:
+                self._free_locked(address)
+
+        def defer_each() -> None:
+            self._backlog.extend(addresses)
+            self._deferred_frees += len(addresses)
+
+        self._exclusively("return_blocks", free_each, reentrant=defer_each)
+
+    # --- allocation -------------------------------------------------------------------------
+
+    def alloc(self, size: int, align: int = WORD) -> int:
+        """Allocate ``size`` bytes aligned to ``align`` and return the block's address.
+
+        The smallest class whose slots fit ``size`` and are aligned to ``align`` serves the
+        request; a larger request, or an alignment no class gives, goes to libc.
+
+        Raises:
+            TypeError: ``size`` or ``align`` is not an int.
+            ValueError: ``size`` is not positive or ``align`` is not a power of two.
+            MemoryError: no memory is left; the allocator is unchanged.
+            AllocatorClosedError: the allocator was closed.
+
+        Complexity: O(1) while the current slab of the class has a free slot; otherwise the
+        policy's ``select_slab`` (O(slabs) for ``first-fit``) or one ``mmap``.
+        """
+        if type(size) is int and type(align) is int and 0 < size <= self._largest:
+            table = self._tables.get(align)
+            if table is not None:
+                size_class = table[size]
+                if size_class is not None:
+                    # Explicit acquire/release: a ``with`` block costs a bound-method object
+                    # per call, which doubled the cost of the lock.
+                    lock = self._lock
+                    lock.acquire()
+                    if self._busy:
+                        try:
+                            return self._alloc_reentrant(size, align)
+                        finally:
+                            lock.release()
+                    self._busy = True
+                    try:
+                        return self._take(size_class, size)
+                    finally:
+                        self._busy = False
+                        if self._backlog:
+                            self._settle_and_release()
+                        else:
+                            lock.release()
+        return self._alloc_unusual(size, align)
+
+    def _take_plain(self, size_class: SizeClass, size: int) -> int:
+        # Lock held, busy set. Invariant: current is None or has a free slot.
+        slab = size_class.current or self._refill(size_class)
+        address = slab.free
+        if address:
+            slab.free = WORDS[address >> WORD_SHIFT]
+        else:
+            address = slab.bump
+            slab.bump = address + slab.slot_size
+        slab.live |= 1 << ((address - slab.base) >> WORD_SHIFT)
+        used = slab.used + 1
+        slab.used = used
+        if used == 1:
+            del size_class.empty[slab]
+        if used == slab.capacity:
+            size_class.current = None
+            size_class.full += 1
+        live = size_class.live + 1
+        size_class.live = live
+        if live > size_class.peak:
+            size_class.peak = live
+        return address
+
+    def _take_observed(self, size_class: SizeClass, size: int) -> int:
+        slab = size_class.current or self._refill(size_class)
+        address = self._take_plain(size_class, size)
+        self._block_allocated(slab, address, size)
+        return address
+
+    def _refill(self, size_class: SizeClass) -> MemorySlab:
+        slab = self._select_slab(size_class) or self._new_slab(size_class)
+        size_class.current = slab
+        return slab
+
+    def _new_slab(self, size_class: SizeClass) -> MemorySlab:
+        serial = self._serial
+        color = self._slab_color(size_class, serial)
+        if (
+            type(color) is not int
+            or color < 0
+            or color % size_class.alignment
+            or color + size_class.slot_size > self._slab_size
+        ):
+            raise PolicyError(
+                f"slab_color gave {color!r} for the {size_class.slot_size}-byte class: it must "
+                f"be a multiple of {size_class.alignment} leaving room for one slot"
+            )
+        base = self._source.map_slab(self._slab_size)
+        try:
+            slab = MemorySlab(size_class, base, color, self._slab_size, serial)
+            # The policy learns of the slab before the core lists it, and nothing between the
+            # two can be interrupted: an exception (a signal handler's, at a call) leaves at
+            # worst a mapping that nobody lists, never a slab one side lists and not the other.
+            if self._slab_added is not None:
+                self._slab_added(size_class, slab)
+        except BaseException:
+            self._source.release_slab(base, self._slab_size)
+            raise
+        self._serial = serial + 1
+        size_class.slabs[slab] = None
+        size_class.empty[slab] = None
+        return slab
+
+    def _alloc_reentrant(self, size: int, align: int) -> int:
+        # A finalizer or signal handler interrupted an allocator call on this thread: the slab
+        # state may be half-updated, so libc serves the block and the outer call records it.
+        address = _libc.system_malloc(size, align)
+        self._backlog.append((address, size))
+        self._reentrant_allocs += 1
+        return address
+
+    def _alloc_unusual(self, size: object, align: object) -> int:
+        """Everything but a small request of a valid size: closed, bad input, or large."""
+        if self._closed:
+            raise AllocatorClosedError(f"alloc({size!r}) on a closed allocator")
+        size, align = _checked_size(size, "size"), _checked_alignment(align)
+        if self._class_for(size, align) is not None:
+            return SlabAllocator.alloc(self, size, align)  # the core's, under any front end
+        return self._exclusively(
+            "alloc",
+            lambda: self._large.allocate(size, align),
+            reentrant=lambda: self._alloc_reentrant(size, align),
+        )
+
+    def _complete(self, item: Deferred) -> None:
+        # A block libc served a re-entrant alloc is recorded; a re-entrant free carried out.
+        if isinstance(item, tuple):
+            self._large.record(*item)
+        else:
+            self._free_locked(item)
+
+    def _class_for(self, size: int, align: int) -> SizeClass | None:
+        """The class serving a valid ``size`` and ``align``, or None (system fallback)."""
+        table = self._tables.get(align)
+        return table[size] if table is not None and size <= self._largest else None
+
+    def calloc(self, count: int, size: int, align: int = WORD) -> int:
+        """Allocate ``count * size`` zeroed bytes and return the block's address.
+
+        Raises:
+            TypeError, ValueError: as :meth:`alloc`, for ``count`` and ``size``.
+            MemoryError: no memory is left, or the product exceeds the address space.
+
+        Complexity: as :meth:`alloc`, plus zeroing the block.
+        """
+        count, size = _checked_size(count, "count"), _checked_size(size, "size")
+        total = count * size
+        if total > sys.maxsize:
+            raise MemoryError(f"calloc({count}, {size}) asks for more than the address space")
+        address = self.alloc(total, align)
+        fill(address, 0, total)
+        return address
+
+    def realloc(self, ptr: int | None, size: int, align: int = WORD) -> int:
+        """Resize the block at ``ptr`` to ``size`` bytes, keeping its contents.
+
+        The block stays where it is when its class also serves ``size`` (and ``align``) and no
+        front-end policy is bound; otherwise a new block is allocated, the contents copied and
+        the old block freed.
+        ``realloc(None, size)`` or ``realloc(0, size)`` allocates.
+
+        Raises:
+            InvalidFreeError, DoubleFreeError: ``ptr`` is not a live block (nothing changes).
+            TypeError, ValueError, MemoryError: as :meth:`alloc` (the old block stays live).
+
+        Complexity: O(1) in place, otherwise an allocation, a copy and a free.
+        """
+        if ptr is None or ptr == 0:
+            return self.alloc(size, align)
+        size, align = _checked_size(size, "size"), _checked_alignment(align)
+        with self._lock:
+            old_size = self.usable_size(ptr)
+            if not self._policy.frontends:  # a front end may lay blocks out its own way
+                slab = self._find_owner(ptr)
+                if slab is not None and self._class_for(size, align) is slab.size_class:
+                    return ptr
+            new = self.alloc(size, align)
+            copy(new, ptr, min(old_size, size))
+            self.free(ptr)
+            return new
+
+    # --- freeing ----------------------------------------------------------------------------
+
+    def free(self, ptr: int | None) -> None:
+        """Give the block at ``ptr`` back. ``free(0)`` and ``free(None)`` do nothing, as in C.
+
+        Raises:
+            InvalidFreeError: ``ptr`` is not the start of a block of this allocator (foreign,
+                inside a slot, or a slot never handed out).
+            DoubleFreeError: the block is already free.
+            TypeError: ``ptr`` is not an int or None.
+            AllocatorClosedError: the allocator was closed.
+            In every case the allocator is exactly as it was.
+
+        Complexity: the policy's ``find_owner`` (O(1) with ``dict-lookup``, O(slabs) with
+        ``first-fit``), then O(1); releasing an empty slab costs one ``munmap``.
+        """
+        if type(ptr) is not int or ptr <= 0 or ptr & _MISALIGNED:
+            self._free_unusual(ptr)
+            return
+        lock = self._lock
+        lock.acquire()
+        if self._busy:
+            self._backlog.append(ptr)
+            self._deferred_frees += 1
+            lock.release()
+            return
+        self._busy = True
+        try:
+            slab = self._find_owner(ptr)
+            if slab is None:
+                self._free_large(ptr)
+            else:
+                self._give_back(slab, ptr)
+        finally:
+            self._busy = False
+            if self._backlog:
+                self._settle_and_release()
+            else:
+                lock.release()
+
+    def _free_locked(self, ptr: int) -> None:
+        """``free`` for the slow paths (backlog, batches): lock held, busy set."""
+        if type(ptr) is not int or ptr <= 0 or ptr & _MISALIGNED:
+            raise self._bad_address(ptr, self._find_owner(ptr) if ptr > 0 else None)
+        slab = self._find_owner(ptr)
+        if slab is None:
+            self._free_large(ptr)
+        else:
+            self._give_back(slab, ptr)
+
+    def _give_back_plain(self, slab: MemorySlab, ptr: int) -> None:
+        # Lock held, busy set. Every check comes before the first write, so that a rejected
+        # address leaves the slab exactly as it was.
+        bit = 1 << ((ptr - slab.base) >> WORD_SHIFT)
+        live = slab.live
+        if not live & bit:
+            raise self._bad_address(ptr, slab)
+        # From the first write to the last, no Python function is called: a signal handler
+        # (Ctrl-C) runs only at a call, so an exception it raises finds the heap consistent.
+        slab.live = live ^ bit
+        WORDS[ptr >> WORD_SHIFT] = slab.free
+        slab.free = ptr
+        used = slab.used
+        slab.used = used - 1
+        size_class = slab.size_class
+        size_class.live -= 1
+        if used == slab.capacity:
+            size_class.full -= 1
+            if size_class.current is None:
+                size_class.current = slab
+        if used == 1:
+            size_class.empty[slab] = None
+        # The core is consistent here; the policy is asked only now.
+        if used == slab.capacity and self._slab_refilled is not None:
+            self._slab_refilled(size_class, slab)
+        if used == 1 and not self._keep_empty(size_class, slab):
+            self._release_slab(size_class, slab)
+
+    def _give_back_observed(self, slab: MemorySlab, ptr: int) -> None:
+        self._give_back_plain(slab, ptr)
+        self._block_freed(slab, ptr)
+
+    def _release_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        if self._slab_removed is not None:
+            self._slab_removed(size_class, slab)
+        del size_class.slabs[slab]
+        del size_class.empty[slab]
+        if size_class.current is slab:
+            size_class.current = None
+        self._source.release_slab(slab.base, self._slab_size)
+
+    def _free_large(self, ptr: int) -> None:
+        if not self._large.holds(ptr):
+            raise self._bad_address(ptr, None)
+        self._large.release(ptr)
+
+    def _free_unusual(self, ptr: object) -> None:
+        if ptr is None or (type(ptr) is int and ptr == 0):
+            return
+        if type(ptr) is not int:
+            raise TypeError(f"free() takes an address (int) or None, not {ptr!r}")
+        with self._lock:
+            raise self._bad_address(ptr, self._find_owner(ptr) if ptr > 0 else None)
+
+    def _bad_address(self, ptr: int, slab: MemorySlab | None) -> InvalidFreeError:
+        """The error for an address that is not a live block's start (state untouched)."""
+        if slab is None:
+            if self._large.was_freed(ptr):
+                return DoubleFreeError(f"double free of the large block at {ptr:#x}", ptr)
+            return InvalidFreeError(f"{ptr:#x} was not allocated by this allocator", ptr)
+        where = f"the {slab.slot_size}-byte slab at {slab.base:#x}"
+        if not slab.first <= ptr < slab.end:
+            return InvalidFreeError(f"{ptr:#x} lies in {where} but outside every slot", ptr)
+        offset = (ptr - slab.first) % slab.slot_size
+        if offset:
+            return InvalidFreeError(
+                f"{ptr:#x} is inside the slot at {ptr - offset:#x} of {where} "
+                f"(offset {offset}), not at the start of a block", ptr,
+            )
+        if ptr >= slab.bump:
+            return InvalidFreeError(f"{ptr:#x} is a slot of {where} never handed out", ptr)
+        return DoubleFreeError(f"double free of {ptr:#x} in {where}", ptr)
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def owns(self, ptr: int) -> bool:
+        """True when ``ptr`` is the start of a live block of this allocator.
+
+        Complexity: as the owner lookup of :meth:`free`.
+        """
+        if type(ptr) is not int or ptr <= 0 or self._closed:
+            return False
+        with self._lock:
+            slab = self._find_owner(ptr)
+            return self._large.holds(ptr) if slab is None else slab.is_live(ptr)
+
+    def usable_size(self, ptr: int) -> int:
+        """Bytes usable at ``ptr``: the slot size, or the requested size of a large block.
+
+        Raises:
+            InvalidFreeError, DoubleFreeError: ``ptr`` is not a live block.
+        """
+        if type(ptr) is not int:
+            raise TypeError(f"usable_size() takes an address (int), not {ptr!r}")
+        with self._lock:
+            if self._closed:
+                raise AllocatorClosedError(f"usable_size({ptr:#x}) on a closed allocator")
+            slab = self._find_owner(ptr) if ptr > 0 else None
+            if slab is None:
+                if self._large.holds(ptr):
+                    return self._large.sizes[ptr]
+            elif slab.is_live(ptr):
+                return slab.slot_size
+            raise self._bad_address(ptr, slab)
+
+    def stats(self) -> AllocatorStats:
+        """A consistent snapshot of the allocator (see :meth:`_read` for calls from a hook).
+
+        Complexity: O(slabs) (the slot total sums each slab's capacity: colored slabs differ).
+        """
+        return self._read("stats", self._snapshot)
+
+    def _snapshot(self) -> AllocatorStats:
+        cached: dict[int, int] = {}
+        for held in self._policy.cached_blocks:
+            for slot_size, count in held().items():
+                cached[slot_size] = cached.get(slot_size, 0) + count
+        classes = tuple(
+            ClassStats(
+                slot_size=c.slot_size,
+                slabs=len(c.slabs),
+                empty_slabs=len(c.empty),
+                total_slots=sum(s.capacity for s in c.slabs),
+                used_slots=c.live,
+                peak_used=c.peak,
+                cached_slots=cached.get(c.slot_size, 0),
+            )
+            for c in self._classes
+        )
+        return AllocatorStats(
+            policy=self._policy.name,
+            slab_size=self._slab_size,
+            classes=classes,
+            mapped_bytes=self._slab_size * sum(c.slabs for c in classes),
+            large_blocks=len(self._large.sizes),
+            large_bytes=self._large.total,
+            reentrant_allocs=self._reentrant_allocs,
+            deferred_frees=self._deferred_frees,
+            caches=tuple(s for client in self._clients.values() for s in client.cache_stats()),
+        )
+
+    def inspect(
+        self, operation: str, reader: Callable[[], _T], *, consistent: bool = True
+    ) -> _T:
+        """Run ``reader`` with the heap held still and return its answer (for observers).
+
+        The reader runs under the lock with the heap marked busy, so it sees every slab, free
+        list and count consistent, even while other threads allocate; a finalizer that calls
+        this allocator meanwhile is deferred or served by libc, never let into the heap. The
+        reader reads; it must not allocate from or free to this allocator. ``operation``
+        names the caller in errors. From inside another call of this allocator (a policy
+        hook, a finalizer) the heap may be half updated: a ``consistent`` read is refused
+        there, any other reads the heap as it is (counts may be off by one).
+
+        Raises:
+            AllocatorClosedError: the allocator was closed.
+            PyslabError: a ``consistent`` read from inside another call of this allocator.
+
+        Complexity: the reader's.
+        """
+        self._check_closed(operation)
+        return self._read(operation, reader, consistent=consistent)
+
+    def slabs(self) -> list[MemorySlab]:
+        """Every slab, class by class, oldest first (a copy: safe to keep)."""
+        return self._read("slabs", lambda: [slab for c in self._classes for slab in c.slabs])
+
+    # --- clients: features built on the allocator -------------------------------------------
+
+    def client(self, kind: type[ClientT]) -> ClientT:
+        """This allocator's one instance of the client class ``kind``, built on first use.
+
+        A client is a feature built on an allocator that the allocator must involve in its
+        whole-heap operations (see :class:`~pyslab.core.HeapClient`): ``shrink()`` and
+        ``close()`` ask it to give back what it holds free, ``close()`` tells it the heap is
+        gone, ``stats()`` lists its caches. The first call builds it as ``kind(self)`` under
+        the lock, so threads racing for it all get the same instance; the allocator keeps it
+        until it is closed and collected.
+
+        Raises:
+            TypeError: ``kind`` is not a ``HeapClient`` subclass.
+
+        Complexity: O(1).
+        """
+        try:
+            return self._clients[kind]  # type: ignore[return-value]
+        except KeyError:
+            pass
+        if not (isinstance(kind, type) and issubclass(kind, HeapClient)):
+            raise TypeError(f"a client is a pyslab.core.HeapClient subclass, not {kind!r}")
+        with self._lock:
+            made = self._clients.get(kind)
+            if made is None:
+                made = self._clients[kind] = kind(self)
+            return made  # type: ignore[return-value]
+
+    def clients(self) -> tuple[HeapClient, ...]:
+        """Every client made so far, oldest first. Complexity: O(clients)."""
+        with self._lock:
+            return tuple(self._clients.values())
+
+    # --- policies -----------------------------------------------------------------------------
+
+    def set_policy(self, policy: PolicySpec) -> None:
+        """Replace the policy of a live allocator. No live block moves or is lost.
+
+        The new policies are bound and told of every existing slab; empty slabs are then
+        offered to the new ``keep_empty``.
+
+        Raises:
+            UnknownPolicyError, PolicyError: the new policy cannot be built or bound; the old
+                one stays in place.
+        """
+        resolved = resolve(parse_policies(policy))
+        self._check_closed("set_policy")
+        with self._lock:
+            old = self._policy
+            self._flush_policies("set_policy")  # held blocks go back before their holder goes
+            self._exclusively("set_policy", lambda: self._rebind(old, resolved))
+
+    def _rebind(self, old: ResolvedPolicy, resolved: ResolvedPolicy) -> None:
+        self._bind(resolved)
+        for policy in old.policies:
+            policy.unbind()
+            setattr(policy, _OWNER_ATTRIBUTE, None)
+        for size_class in self._classes:
+            for slab in list(size_class.empty):
+                if not self._keep_empty(size_class, slab):
+                    self._release_slab(size_class, slab)
+
+    def _bind(self, resolved: ResolvedPolicy) -> None:
+        for policy in resolved.policies:
+            owner = getattr(policy, _OWNER_ATTRIBUTE, None)
+            if owner is not None and owner is not self:
+                raise PolicyError(f"policy {policy!r} is already bound to another allocator")
+        for policy in resolved.policies:
+            setattr(policy, _OWNER_ATTRIBUTE, self)
+            policy.bind(self)
+        if resolved.slab_added is not None:
+            for size_class in self._classes:
+                for slab in size_class.slabs:
+                    resolved.slab_added(size_class, slab)
+        self._policy = resolved
+        self._select_slab = resolved.select_slab
+        self._find_owner = resolved.find_owner
+        self._keep_empty = resolved.keep_empty
+        self._slab_color = resolved.slab_color
+        self._slab_added = resolved.slab_added
+        self._slab_removed = resolved.slab_removed
+        self._slab_refilled = resolved.slab_refilled
+        self._block_allocated: Callable[[MemorySlab, int, int], None] = (
+            resolved.block_allocated or _no_op
+        )
+        self._block_freed: Callable[[MemorySlab, int], None] = resolved.block_freed or _no_op
+        observed = resolved.observes_blocks
+        self._take = self._take_observed if observed else self._take_plain
+        self._give_back = self._give_back_observed if observed else self._give_back_plain
+        self._bind_frontends(resolved)
+
+    _FRONT_OPERATIONS: Final = ("alloc", "free", "usable_size", "owns")
+
+    def _bind_frontends(self, resolved: ResolvedPolicy) -> None:
+        """Make the public block operations the outermost front end's, bound once.
+
+        Without a front end the instance has none of these attributes and the class methods
+        serve directly: the plain path pays nothing for the mechanism.
+        """
+        for name in self._FRONT_OPERATIONS:
+            self.__dict__.pop(name, None)
+        if not resolved.frontends:
+            return
+        operations: BlockOperations = _CoreOperations(
+            alloc=MethodType(SlabAllocator.alloc, self),
+            free=MethodType(SlabAllocator.free, self),
+            usable_size=MethodType(SlabAllocator.usable_size, self),
+            owns=MethodType(SlabAllocator.owns, self),
+        )
+        for wrap in resolved.frontends:
+            operations = wrap(operations)
+        for name in self._FRONT_OPERATIONS:
+            # shadows the class method for this instance only (see the docstring)
+            self.__dict__[name] = getattr(operations, name)
+
+    # --- whole-heap operations ----------------------------------------------------------------
+
+    def shrink(self) -> int:
+        """Return every cached empty slab to the page source, whatever the policy.
+
+        Policies that hold blocks (per-thread caches) give them back first (``flush``).
+        Returns the number of bytes released. Complexity: O(empty slabs + held blocks).
+        """
+        self._check_closed("shrink")
+        with self._lock:
+            self._flush_policies("shrink")
+            return self._exclusively("shrink", self._release_empty_slabs)
+
+    def _release_empty_slabs(self) -> int:
+        released = 0
+        for size_class in self._classes:
+            for slab in list(size_class.empty):
+                self._release_slab(size_class, slab)
+                released += self._slab_size
+        return released
+
+    def _flush_policies(self, operation: str) -> None:
+        """Have the clients give back what they hold free (object caches reap their slabs,
+        running their destructors), then the policies the blocks they hold. Lock held, heap not
+        busy: the blocks go back through the ordinary paths (``free``, ``return_blocks``)."""
+        if self._busy:
+            raise PyslabError(f"{operation}() cannot run inside another allocator call")
+        for client in list(self._clients.values()):
+            client.give_back()
+        if self._policy.flush is not None:
+            self._policy.flush()
+
+    def validate(self) -> None:
+        """Check every invariant of the package docstring; raise on the first one broken.
+
+        Raises:
+            CorruptionError: naming the slab, address and invariant.
+
+        Complexity: O(slabs + free slots).
+        """
+        with self._lock:
+            # Invariant 8 holds between calls: checked before this call can defer anything.
+            if not self._busy:
+                check_unsettled(self._backlog)
+        self._read("validate", self._check_invariants, consistent=True)
+
+    def _check_invariants(self) -> None:
+        if self._closed:
+            return
+        seen_bases: set[int] = set()
+        for size_class in self._classes:
+            live = sum(
+                check_slab(slab, size_class, self._slab_size, self._find_owner, seen_bases)
+                for slab in size_class.slabs
+            )
+            check_class(size_class, live)
+        if self._policy.check is not None:
+            self._policy.check()
+        check_source(self._source, len(seen_bases), self._slab_size)
+
+    def close(self) -> None:
+        """Return every slab to the page source and every large block to libc.
+
+        Every address handed out becomes invalid. Calling it twice is harmless.
+
+        Raises:
+            PyslabError: called from inside another call of this allocator.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._flush_policies("close")  # every cache accounted for before the pages go
+            self._exclusively("close", self._release_everything)
+            for client in self._clients.values():
+                client.heap_closed()
+
+    def _release_everything(self) -> None:
+        for name in self._FRONT_OPERATIONS:
+            self.__dict__.pop(name, None)  # the core's methods now refuse every call
+        for size_class in self._classes:
+            for slab in size_class.slabs:
+                self._source.release_slab(slab.base, self._slab_size)
+            size_class.slabs.clear()
+            size_class.empty.clear()
+            size_class.current = None
+            size_class.live = size_class.full = 0
+        self._large.close()
+        self._source.close()
+        for policy in self._policy.policies:
+            policy.unbind()
+            setattr(policy, _OWNER_ATTRIBUTE, None)
+        self._closed = True
+        self._tables = {}
+        self._find_owner = self._closed_lookup
+
+    def _closed_lookup(self, ptr: int) -> MemorySlab | None:
+        raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
+
+    def _check_closed(self, operation: str) -> None:
+        if self._closed:
+            raise AllocatorClosedError(f"{operation}() on a closed allocator")
+
+    def __enter__(self) -> SlabAllocator:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{sum(len(c.slabs) for c in self._classes)} slabs"
+        return f"<SlabAllocator policy={self._policy.name} {state}>"
+
+
+def _no_op(*_: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class _CoreOperations:
+    """The core's own block operations, handed to the innermost front end."""
+
+    alloc: Callable[..., int]  # (size, align=WORD): Callable cannot spell a default
+    free: Callable[[int | None], None]
+    usable_size: Callable[[int], int]
+    owns: Callable[[int], bool]
+
+
+def _checked_size(value: object, what: str) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"{what} must be an int, not {value!r}")
+    number = operator.index(value)
+    if number <= 0:
+        raise ValueError(f"{what} must be a positive int, not {number}")
+    return number
+
+
+def _checked_alignment(value: object) -> int:
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise TypeError(f"align must be an int, not {value!r}")
+    number = operator.index(value)
+    if number <= 0 or number & (number - 1):
+        raise ValueError(f"align must be a power of two, not {number}")
+    return number

@@ -1,0 +1,299 @@
+"""Slab-backed ctypes objects: buffers that behave exactly like ctypes' own, and ``new``.
+
+A buffer is made the way ctypes makes one, except for where its bytes live: the array type is
+the very type ctypes uses (``c_char * n``, cached by ctypes itself), and the instance is laid
+over a slab block with ``from_address``. So ``type``, ``sizeof``, ``.value``, ``.raw``,
+indexing, slicing, ``byref``, ``cast``, ``pointer``, foreign calls and the buffer protocol are
+ctypes' own code running on slab memory. The arguments are checked by the same expressions, in
+the same order, as ``ctypes.create_string_buffer``/``create_unicode_buffer``, so bad arguments
+raise the same errors, and the same audit events are raised.
+
+Lifetime
+--------
+An object built by ``from_address`` does not own its memory, so each one is tied to its block
+by a weak reference with a callback, registered in a process-wide table until the callback
+runs. The callback frees the block when the object is collected, by reference counting or by
+the cycle collector (the table keeps the weak reference itself alive, so the collector always
+runs it). It cannot run earlier: everything derived from the object keeps the object alive:
+
+- ``memoryview(buf)`` holds the exporting object;
+- ``pointer(buf)``, ``cast(buf, ...)``, ``T.from_buffer(buf)`` store it in their ``_objects``;
+- ``byref(buf)`` holds it in the argument object.
+
+Only a bare address (``addressof``, ``cast(...).value``) outlives it, as with ctypes' own
+buffers. The table entry holds the allocator, so a buffer keeps the allocator that made it
+alive and is freed to it, whatever is installed by then. A free that the collector triggers in
+the middle of another call of the same allocator takes the core's re-entrant path (deferred).
+
+Differences from ctypes' own buffers (the memory is borrowed, not owned): ``ctypes.resize``
+refuses them, and ``_b_needsfree_`` is 0. Closing the allocator while they live leaves them
+dangling, as any address of a closed allocator: ``close()`` tells the buffers, which forget
+their blocks at once (the finalizers then do nothing, and the allocator is not kept alive). Copies (``copy.copy(buf)``, ``bytes(buf)``) are
+ordinary objects, in ordinary memory.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import operator
+import sys
+import warnings
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar, final
+
+from pyslab.core import BYTES, HeapClient, SlabAllocator
+from pyslab.errors import AllocatorClosedError, PyslabError, PyslabWarning
+
+if TYPE_CHECKING:
+    from ctypes import _CData
+
+__all__ = ["CT", "SlabBuffers", "buffers", "live_objects"]
+
+CT = TypeVar("CT", bound="_CData")
+"""Any ctypes data type (Structure, Union, array, pointer, simple type)."""
+
+_WORD: Final[int] = ctypes.sizeof(ctypes.c_void_p)
+_CACHED_BYTES: Final[int] = 1024
+"""Buffers of at most this many bytes have their array type, constructor and a zero block
+cached per length; larger ones are rare, and their own cost dwarfs the lookups."""
+_WCHAR_SIZE: Final[int] = ctypes.sizeof(ctypes.c_wchar)
+_DATA_TYPES: Final = (
+    ctypes._SimpleCData, ctypes.Structure, ctypes.Union, ctypes.Array, ctypes._Pointer,
+)
+
+_audit: Final = sys.audit
+_memset: Final = ctypes.memset
+_new_ref: Final = weakref.ref
+
+# One shape per array length: (from_address, bytes to allocate, ``sizeof`` zero bytes or None).
+_Shape = tuple[Callable[[int], Any], int, bytes | None]
+_char_shapes: dict[int, _Shape] = {}
+_wchar_shapes: dict[int, _Shape] = {}
+
+_live: Final[dict[int, tuple[weakref.ref[Any], int, SlabAllocator]]] = {}
+"""id(weak reference) -> (the weak reference, block address, allocator), for every live
+slab-backed object. Keeps each weak reference, and so its callback, alive."""
+
+
+def _release(
+    ref: weakref.ref[Any],
+    _live: dict[int, tuple[weakref.ref[Any], int, SlabAllocator]] = _live,
+) -> None:
+    """Weak-reference callback: the object died, its block goes back to its allocator."""
+    entry = _live.pop(id(ref), None)
+    if entry is None:
+        return  # its allocator was closed: the block went back with every other
+    _, address, allocator = entry
+    try:
+        allocator.free(address)
+    except AllocatorClosedError:
+        pass  # close() already returned every block
+    except PyslabError as error:  # no caller to raise to: record it as the core does
+        allocator.deferred_errors.append(error)
+        warnings.warn(f"freeing a ctypes buffer failed: {error}", PyslabWarning, stacklevel=1)
+
+
+def live_objects() -> int:
+    """How many slab-backed ctypes objects are alive, over every allocator. Complexity: O(1)."""
+    return len(_live)
+
+
+def _shape(item: type[ctypes.c_char] | type[ctypes.c_wchar], length: int) -> _Shape:
+    """The shape of ``item * length``, cached for small buffers.
+
+    Raises:
+        TypeError, ValueError, OverflowError: exactly as ``item * length`` does.
+    """
+    array_type = item * length  # the very expression ctypes evaluates, so the very errors
+    nbytes = ctypes.sizeof(array_type)
+    if nbytes > _CACHED_BYTES:
+        return array_type.from_address, nbytes, None
+    shape: _Shape = (array_type.from_address, nbytes or 1, bytes(nbytes))
+    # Keyed by the plain int length: ``length`` may be any object with __index__.
+    (_char_shapes if item is ctypes.c_char else _wchar_shapes)[operator.index(length)] = shape
+    return shape
+
+
+@final
+class SlabBuffers(HeapClient):
+    """Makes slab-backed ctypes objects from one allocator. Get one with :func:`buffers`.
+
+    Its bound methods are what :func:`pyslab.install` puts in place of
+    ``ctypes.create_string_buffer`` and ``ctypes.create_unicode_buffer``.
+    """
+
+    # heap.alloc is looked up on each call, never cached: set_policy may put a front end's
+    # operations in its place.
+    __slots__ = ()
+
+    @property
+    def allocator(self) -> SlabAllocator:
+        """The allocator every object made here comes from, and goes back to."""
+        return self.heap
+
+    def heap_closed(self) -> None:
+        """Forget the blocks of this allocator's live objects: ``close()`` freed them all.
+
+        Complexity: O(live slab-backed objects, over every allocator).
+        """
+        heap = self.heap
+        for key in [key for key, (_, _, owner) in _live.items() if owner is heap]:
+            del _live[key]
+
+    def create_string_buffer(self, init: bytes | int, size: int | None = None) -> ctypes.Array[
+        ctypes.c_char
+    ]:
+        """``ctypes.create_string_buffer`` with its bytes in slab memory.
+
+        ``init`` is the initial contents (``bytes``; the buffer is ``len(init) + 1`` long
+        unless ``size`` says otherwise) or the length (``int``; ``size`` is then ignored, as
+        in ctypes). The buffer is zero-filled past the contents.
+
+        Raises:
+            TypeError: ``init`` is neither bytes nor int (the message is ``init``, as ctypes').
+            ValueError: a negative length, or ``init`` longer than ``size`` ("byte string too
+                long").
+            MemoryError: the allocator is out of memory.
+            AllocatorClosedError: the allocator was closed.
+
+        Complexity: O(1) plus zeroing the buffer; for up to 1024 bytes, two dict lookups, one
+        slab allocation and one weak reference.
+        """
+        # One frame, no helper calls: this is the path that install() puts behind ctypes.
+        contents: bytes | None
+        if isinstance(init, bytes):
+            if size is None:
+                size = len(init) + 1
+            _audit("ctypes.create_string_buffer", init, size)
+            contents, length = init, size
+        elif isinstance(init, int):
+            _audit("ctypes.create_string_buffer", None, init)
+            contents, length = None, init
+        else:
+            raise TypeError(init)
+        shape = _char_shapes.get(length) if type(length) is int else None
+        from_address, nbytes, zeros = shape or _shape(ctypes.c_char, length)
+        allocator = self.heap
+        address = allocator.alloc(nbytes)
+        try:
+            buf: ctypes.Array[ctypes.c_char] = from_address(address)
+            ref = _new_ref(buf, _release)
+        except BaseException:
+            allocator.free(address)
+            raise
+        _live[id(ref)] = (ref, address, allocator)
+        if zeros is None:
+            _memset(address, 0, nbytes)
+        else:
+            buf.raw = zeros
+        if contents is not None:
+            buf.value = contents  # raises "byte string too long" as ctypes does
+        return buf
+
+    def create_unicode_buffer(self, init: str | int, size: int | None = None) -> ctypes.Array[
+        ctypes.c_wchar
+    ]:
+        """``ctypes.create_unicode_buffer`` with its characters in slab memory.
+
+        ``init`` is the initial text (``str``; the buffer holds it and a NUL, counting a
+        surrogate pair per non-BMP character where ``wchar_t`` has 16 bits) or the length.
+
+        Raises:
+            TypeError: ``init`` is neither str nor int.
+            ValueError: a negative length, or ``init`` longer than ``size`` ("string too long").
+            MemoryError, AllocatorClosedError: as :meth:`create_string_buffer`.
+
+        Complexity: as :meth:`create_string_buffer`.
+        """
+        contents: str | None
+        if isinstance(init, str):
+            if size is None:
+                if _WCHAR_SIZE == 2:
+                    size = sum(2 if ord(c) > 0xFFFF else 1 for c in init) + 1
+                else:
+                    size = len(init) + 1
+            _audit("ctypes.create_unicode_buffer", init, size)
+            contents, length = init, size
+        elif isinstance(init, int):
+            _audit("ctypes.create_unicode_buffer", None, init)
+            contents, length = None, init
+        else:
+            raise TypeError(init)
+        shape = _wchar_shapes.get(length) if type(length) is int else None
+        from_address, nbytes, zeros = shape or _shape(ctypes.c_wchar, length)
+        allocator = self.heap
+        address = allocator.alloc(nbytes)
+        try:
+            buf: ctypes.Array[ctypes.c_wchar] = from_address(address)
+            ref = _new_ref(buf, _release)
+        except BaseException:
+            allocator.free(address)
+            raise
+        _live[id(ref)] = (ref, address, allocator)
+        if zeros is None:
+            _memset(address, 0, nbytes)
+        else:
+            BYTES[address : address + len(zeros)] = zeros
+        if contents is not None:
+            buf.value = contents  # raises "string too long" as ctypes does
+        return buf
+
+    def new(self, ctype: type[CT], /, *init: Any, **fields: Any) -> CT:
+        """An instance of ``ctype`` in slab memory, initialised as ``ctype(*init, **fields)``.
+
+        ``ctype`` is any ctypes data type: a Structure or Union, an array, a pointer or a simple
+        type. The memory is zeroed, then ``ctype.__init__`` runs on it (a custom ``__new__`` is
+        not called). The block is aligned to ``ctypes.alignment(ctype)``.
+
+        Raises:
+            TypeError: ``ctype`` is not a ctypes data type, has no size (an abstract base), or
+                its instances take no weak references (``__slots__`` without ``__weakref__``),
+                each named in the message; or ``init``/``fields`` do not fit it (as
+                ``ctype(...)`` would raise).
+            MemoryError, AllocatorClosedError: as :meth:`create_string_buffer`.
+
+        Complexity: O(size of the type) for zeroing, plus ``__init__``.
+        """
+        if not (isinstance(ctype, type) and issubclass(ctype, _DATA_TYPES)):
+            raise TypeError(
+                f"new() takes a ctypes data type (Structure, Union, array, pointer or simple "
+                f"type), not {ctype!r}"
+            )
+        try:
+            nbytes = ctypes.sizeof(ctype)
+        except TypeError:
+            raise TypeError(f"new() cannot place {ctype!r}: the type has no size") from None
+        align = ctypes.alignment(ctype)
+        address = self.heap.alloc(nbytes or 1, align if align > _WORD else _WORD)
+        try:
+            obj = ctype.from_address(address)
+            try:
+                ref = _new_ref(obj, _release)
+            except TypeError:
+                raise TypeError(
+                    f"new() cannot place {ctype!r}: its instances take no weak references "
+                    f"(it defines __slots__ without '__weakref__')"
+                ) from None
+        except BaseException:
+            self.heap.free(address)
+            raise
+        _live[id(ref)] = (ref, address, self.heap)
+        if nbytes <= _CACHED_BYTES:
+            BYTES[address : address + nbytes] = bytes(nbytes)
+        else:
+            _memset(address, 0, nbytes)
+        initialise: Callable[..., None] = type(obj).__init__
+        initialise(obj, *init, **fields)
+        return obj
+
+    def __repr__(self) -> str:
+        return f"<SlabBuffers of {self.heap!r}>"
+
+
+def buffers(heap: SlabAllocator) -> SlabBuffers:
+    """The :class:`SlabBuffers` of ``heap``: made on first use, then kept by it.
+
+    Complexity: O(1).
+    """
+    return heap.client(SlabBuffers)

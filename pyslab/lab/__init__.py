@@ -1,0 +1,43 @@
+"""The lab layer: workloads, traces and the harness that measures policies on them.
+
+What it holds: the :class:`Workload` interface and its registry (entry-point group
+``pyslab.workloads``), traces in pyslab's own text format and read from memray captures
+(:func:`read_trace`, :func:`write_trace`, :func:`record_workload`), and the harness that runs a
+workload or trace on a fresh allocator and measures time and footprint (:func:`run_workload`,
+:func:`measure_heap`).
+
+What it may import: the public interface of :mod:`pyslab.core` and :mod:`pyslab.policy`, and
+:mod:`pyslab.errors`; memray only inside the functions that read captures.
+"""
+
+from __future__ import annotations
+
+from .harness import HeapMetrics, MeasuringPageSource, RunResult, measure_heap, run_workload
+from .trace import TraceError, TraceEvent, read_trace, record_workload, write_trace
+from .workload import (
+    UnknownWorkloadError,
+    Workload,
+    WorkloadError,
+    WorkloadHeap,
+    make_workload,
+    workloads,
+)
+
+__all__ = [
+    "HeapMetrics",
+    "MeasuringPageSource",
+    "RunResult",
+    "TraceError",
+    "TraceEvent",
+    "UnknownWorkloadError",
+    "Workload",
+    "WorkloadError",
+    "WorkloadHeap",
+    "make_workload",
+    "measure_heap",
+    "read_trace",
+    "record_workload",
+    "run_workload",
+    "workloads",
+    "write_trace",
+]

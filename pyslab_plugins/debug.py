@@ -1,0 +1,950 @@
+"""``debug``: hardening in the manner of Linux SLUB debugging and CPython's ``PYTHONMALLOC=debug``.
+
+A front end (:meth:`pyslab.Policy.frontend`) that lays every block out with red zones, poisons
+freed slots, checks free-list pointers before the core follows them, and can record where each
+live block was allocated. Every check is an option of the constructor, so that each one's cost
+can be measured apart (``python -m benchmarks``, measurement 7).
+
+Block layout (``redzones=True``; ``A`` is the alignment asked, at least the pointer size)::
+
+    slot start (inner)                   user address           user + size             slot end
+    |<-- leading red zone: R rounded up to A -->|<-- the caller's -->|<-- trailing red zone -->|
+    |    0xFD ... 0xFD                          |    size bytes      |  0xFD ... (>= R bytes)  |
+
+The front end asks the layer below for ``lead + size + R`` bytes aligned to ``A`` and returns
+``inner + lead``. The trailing red zone runs to the end of the slot, so the slack that rounding
+up to a class leaves is checked too (as SLUB does). The requested size, the slot start and the
+allocation site are kept in Python (a dict keyed by user address), not in the red zone: the
+dict is what tells a debug block from an address the front end never handed out (a block
+allocated before the policy was bound is at a slot start too), an underflow cannot corrupt it,
+and the offsets of an overflow are computed from a size that cannot have been overwritten.
+Memory (``tracemalloc``, 20,000 blocks of 24 bytes): about 130 bytes of Python objects per
+live block (a dict entry, a 2-tuple, an int), and about 100 per freed slot not yet handed out
+again (a dict entry naming the block freed there, for double frees and error messages). With
+``record_sites`` about 330 per live block and 500 per freed slot (the recorded frames).
+
+Poison (``poison=True``): every free slot of every slab carries the poison byte ``0xDD``
+(CPython's ``PYMEM_DEADBYTE``) after its first word, which holds the core's free-list pointer.
+A new slab is poisoned whole when it is added (``slab_added``); slabs already there when the
+policy is bound have their free slots poisoned then. A freed block's slot is poisoned before it
+goes back. When a slot is handed out again, the bytes after its first word must all be poison,
+else the write after free is reported with the slot's address, the first corrupted offset and
+the block that was freed there. Trade-off: poisoning a new slab touches every page of it at
+once (the core otherwise carves slots lazily, touching a page only when a slot in it is first
+used), so the resident size is the mapped size, and each new slab costs one ``memset`` of
+``slab_size`` bytes. In exchange the check is exact: no byte of a free slot is exempt but the
+free-list word, which the next check covers.
+
+Free-list pointers (``check_free_list=True``): before the layer below allocates, the front
+end reads, under the allocator's lock, the next pointer stored in the head of the free list of
+the class's current slab (of every slab of the class with a free list when there is no
+current slab: the core will then pick one) and verifies that it is 0 with no other linked
+free slot left, or a free carved slot start of the same slab other than the head itself. A
+pointer whose low byte was changed, an arbitrary value or a misaligned one is reported
+before the core loads it, with the slot's address and offset 0. :meth:`Debug.check` (run by
+``validate()``) walks every free list the same way, reading each node only after checking it.
+
+Red zones (``redzones=True``, ``redzone_size`` bytes, default 16) are filled with ``0xFD``
+(``PYMEM_FORBIDDENBYTE``) on allocation and checked on free and by ``validate()``: an overflow
+is reported with the offset of its first byte past the end, an underflow with the offset of
+the corrupted byte nearest the block (negative).
+
+Sites (``record_sites=True``, ``site_depth`` frames): the allocation site of every live block,
+and the allocation and free sites of the block last freed in each slot, appear in every error
+about that block, in :meth:`Debug.report_section` and in :meth:`Debug.sites`.
+
+What happens after a detection (nothing is repaired silently; the allocator stays consistent,
+``validate()`` passes, and no other live block is touched):
+
+- write after free: the slot is *quarantined*: it stays allocated in the core, held by the
+  policy, and is never handed out again; the allocation raises ``CorruptionError``.
+- red-zone overwrite found by ``free``: the block is quarantined the same way (its memory and
+  its neighbours' may be suspect, so it is not reused); ``free`` raises ``CorruptionError``,
+  and the address is no longer a live block (freeing it again is a ``DoubleFreeError``).
+- corrupted free-list pointer: reported before it is followed; then, as Linux SLUB does
+  ("FIX ...: isolate"), the slot that held it is quarantined and the slab's free list is
+  relinked in memory from its live bitmap (every carved slot that is not live), since the rest
+  of the list cannot be trusted; the allocation raises ``CorruptionError`` saying so.
+- found by ``validate()`` (``check``): raised, nothing changed.
+
+Quarantined slab slots count as ``cached_slots`` in ``stats()`` (blocks the policy holds);
+:meth:`Debug.quarantined` lists them. They go back only with ``close()``.
+
+Composition: put ``debug`` last among the front ends (``thread-cache+debug``), so that every
+block passes through it. Under another front end (``debug+thread-cache``) blocks reach the
+caller without passing through ``debug`` (the cache takes and returns slots in batches), so
+their slots would hold the caller's bytes when ``debug`` next meets them: the policy then warns
+(``PyslabWarning``) and turns poisoning off. Replace or remove a bound ``debug`` policy
+(``set_policy``) only when none of its blocks is live: their addresses are not slot starts, and
+no other layer knows them. Adding ``debug`` to a live allocator is fine: blocks allocated before
+are passed through to the layer below.
+
+Limits (what no byte pattern or O(1) check can see): a write of the fill byte itself; a
+free-list pointer overwritten with the start of another free slot of the same slab (it passes
+the check; the slots it skips are then neither free nor live, which ``validate()`` reports);
+allocations a cache below ``debug`` makes in batches (``thread-cache``'s refills pop several
+slots under one lock, without a check per pointer: ``validate()`` still walks every list);
+reads of freed or uninitialised memory.
+
+Anchors: Linux SLUB ``slub_debug=FZPU`` (sanity checks, red zones, poisoning, user tracking;
+``slabinfo -v``), CPython ``PYTHONMALLOC=debug`` (``0xDD`` dead bytes, ``0xFD`` forbidden
+bytes, the traceback of the allocation with ``tracemalloc``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import operator
+import sys
+import traceback
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import CodeType, FrameType
+from typing import Final, SupportsIndex, TypeAlias
+
+from pyslab import CorruptionError, DoubleFreeError, InvalidFreeError, Policy, PyslabWarning
+from pyslab.core import MemorySlab, SizeClass
+from pyslab.policy import BlockOperations, Heap
+
+__all__ = ["POISON_BYTE", "REDZONE_BYTE", "Debug", "QuarantinedBlock"]
+
+POISON_BYTE: Final = 0xDD
+"""Fills free slots (CPython's ``PYMEM_DEADBYTE``)."""
+REDZONE_BYTE: Final = 0xFD
+"""Fills red zones (CPython's ``PYMEM_FORBIDDENBYTE``)."""
+
+WORD: Final = ctypes.sizeof(ctypes.c_void_p)
+_SHIFT: Final = WORD.bit_length() - 1
+_DEAD: Final = bytes([POISON_BYTE])
+_FORBIDDEN: Final = bytes([REDZONE_BYTE])
+_REMEMBERED_LARGE: Final = 4096
+"""Freed large debug blocks remembered to call a second free a double free (as the core)."""
+
+# A view of the whole address space, as pyslab's core keeps one: indexing it reads or writes
+# memory without a ctypes call per access. It is only indexed at addresses proven to lie in a
+# slab this policy indexes (or in a block it handed out), never elsewhere.
+_SPAN: Final = 1 << (62 if sys.maxsize > 2**32 else 30)
+_BYTES: Final[memoryview[int]] = memoryview((ctypes.c_char * _SPAN).from_address(0)).cast("B")
+_WORDS: Final[memoryview[int]] = _BYTES.cast("P")
+
+Site: TypeAlias = "tuple[tuple[CodeType, int], ...]"
+"""A recorded stack: (code object, line) per frame, innermost first."""
+_Live: TypeAlias = "tuple[int, int]"
+"""A live debug block: (slot start, requested size)."""
+_Freed: TypeAlias = "tuple[int, int | None, Site | None, Site | None]"
+"""A freed debug block: (address, size, allocation site, free site); None where not kept."""
+_Layout: TypeAlias = "tuple[int, int, list[SizeClass | None]]"
+"""Per alignment asked: (alignment asked below, leading red zone, class of each total size)."""
+
+
+@dataclass(frozen=True)
+class QuarantinedBlock:
+    """A slot (or large block) taken out of service after corruption was found in it."""
+
+    address: int
+    """Start of the slot (or large block) the layer below handed out; it stays allocated."""
+    span: int
+    """Bytes of it: the slot size, or the bytes asked of the layer below for a large block."""
+    user: int | None
+    """The debug block's address when a live block was quarantined (red zones), else None."""
+    in_slab: bool
+    """True for a slab slot (counted in ``stats()`` as ``cached_slots``)."""
+    reason: str
+    """The error message that reported it."""
+
+
+def _summary(site: Site) -> traceback.StackSummary:
+    """A recorded site as the standard library's stack summary, outermost frame first."""
+    return traceback.StackSummary.from_list(
+        [(code.co_filename, line, code.co_name, None) for code, line in reversed(site)]
+    )
+
+
+def _format_site(site: Site | None, what: str) -> str:
+    if site is None:
+        return ""
+    frames = _summary(site)
+    return f"\n{what} at (most recent call last):\n" + "".join(frames.format()).rstrip("\n")
+
+
+def _capture(depth: int) -> Site:
+    """The caller's caller's stack, innermost first, ``depth`` frames at most.
+
+    Code objects and line numbers only: file and function names are read when formatted.
+    """
+    frame: FrameType | None = sys._getframe(2)
+    frames: list[tuple[CodeType, int]] = []
+    for _ in range(depth):
+        if frame is None:
+            break
+        frames.append((frame.f_code, frame.f_lineno or 0))
+        frame = frame.f_back
+    return tuple(frames)
+
+
+def _index(name: str, value: object) -> int:
+    """``value`` as an int, as the core accepts it (any ``__index__`` but bool)."""
+    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    return operator.index(value)
+
+
+def _check_bool(name: str, value: object) -> bool:
+    if type(value) is not bool:
+        raise TypeError(f"{name} must be a bool, not {value!r}")
+    return value
+
+
+def _check_positive(name: str, value: object) -> int:
+    if type(value) is not int:
+        raise TypeError(f"{name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, not {value}")
+    return value
+
+
+def _size_note(size: int | None) -> str:
+    return "" if size is None else f" ({size} bytes)"
+
+
+def _bytes(count: int) -> str:
+    return f"{count} byte" if count == 1 else f"{count} bytes"
+
+
+def _differences(data: bytes, start: int, stop: int, expected: int) -> list[int]:
+    """Offsets in ``data[start:stop]`` whose byte is not ``expected`` (error paths only)."""
+    return [i for i in range(start, stop) if data[i] != expected]
+
+
+class Debug(Policy):
+    """Hardening front end: red zones, poisoned free slots, free-list pointer checks, sites.
+
+    See the module documentation for the layout, what each check finds and what happens then.
+
+    Args:
+        poison: fill free slots with ``0xDD`` and check them when handed out again (default on).
+        redzones: surround each block with ``0xFD`` red zones checked on free (default on).
+        redzone_size: bytes of each red zone at least (default 16; the leading one is rounded
+            up to the alignment asked, the trailing one runs to the end of the slot).
+        check_free_list: check the free-list pointer the core is about to follow on every
+            allocation (default on).
+        record_sites: record the allocation site of every live block, and the sites of the
+            block last freed in each slot (default off: it costs a stack walk per call).
+        site_depth: frames recorded per site (default 8).
+
+    Raises:
+        TypeError, ValueError: an option has the wrong type or value (the message names it).
+
+    Cost (``python -m benchmarks``): every operation goes through Python code under the
+    allocator's lock; see the README's table for each option's share.
+    """
+
+    name = "debug"
+    description = (
+        "hardening: red zones, poisoned free slots, free-list pointer checks, allocation sites"
+    )
+
+    def __init__(
+        self,
+        poison: bool = True,
+        redzones: bool = True,
+        redzone_size: int = 16,
+        check_free_list: bool = True,
+        record_sites: bool = False,
+        site_depth: int = 8,
+    ) -> None:
+        self.poison = _check_bool("poison", poison)
+        self.redzones = _check_bool("redzones", redzones)
+        self.redzone_size = _check_positive("redzone_size", redzone_size)
+        self.check_free_list = _check_bool("check_free_list", check_free_list)
+        self.record_sites = _check_bool("record_sites", record_sites)
+        self.site_depth = _check_positive("site_depth", site_depth)
+        self._poisoning = poison
+
+    # --- binding -------------------------------------------------------------------------------
+
+    def bind(self, heap: Heap) -> None:
+        """Start with no block; existing slabs are announced (and poisoned) by slab_added."""
+        super().bind(heap)
+        self._poisoning = self.poison
+        self._mask = ~(heap.slab_size - 1)
+        self._by_base: dict[int, MemorySlab] = {}
+        self._live: dict[int, _Live] = {}
+        """Every live debug block: user address -> (slot start, requested size)."""
+        self._sites: dict[int, Site] = {}
+        """Allocation site per live block (record_sites only)."""
+        self._freed: dict[int, int] = {}
+        """Slot start -> leading red zone of the debug block last freed there (so its address),
+        until the slot is handed out again: a small int, cached by CPython, per freed slot."""
+        self._freed_sites: dict[int, _Freed] = {}
+        """Slot start -> that block's size and sites (record_sites only)."""
+        self._freed_large: OrderedDict[int, _Freed] = OrderedDict()
+        self._quarantine: dict[int, QuarantinedBlock] = {}
+        """Slot start (or large block) -> its quarantine record."""
+        self._quarantined_users: dict[int, QuarantinedBlock] = {}
+        self._leads: set[int] = set()
+        """Every leading red-zone size used so far (one per alignment asked)."""
+        largest = max(c.slot_size for c in heap.size_classes)
+        self._poison_pattern = memoryview(_DEAD * largest)
+        self._redzone_pattern = memoryview(_FORBIDDEN * largest)
+
+    def unbind(self) -> None:
+        """Forget every block (see the module documentation on replacing the policy)."""
+        self._by_base = {}
+        self._live = {}
+        self._sites = {}
+        self._freed = {}
+        self._freed_sites = {}
+        self._freed_large = OrderedDict()
+
+    def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """Index the slab; poison its free slots (all of a new slab). Complexity: O(slab)."""
+        self._by_base[slab.base] = slab
+        if not self._poisoning:
+            return
+        slot = slab.slot_size
+        if slab.bump == slab.first and not slab.free:
+            ctypes.memset(slab.first, POISON_BYTE, slab.end - slab.first)
+            return
+        # A slab of a live allocator: its free slots hold whatever was there. Walk its list as
+        # far as it is sound (check() and the allocations report a corrupted one).
+        for node in self._sound_free_list(slab):
+            ctypes.memset(node + WORD, POISON_BYTE, slot - WORD)
+        if slab.bump < slab.end:
+            ctypes.memset(slab.bump, POISON_BYTE, slab.end - slab.bump)
+
+    def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """Forget the slab and the blocks freed in it. Complexity: O(slots of the slab)."""
+        del self._by_base[slab.base]
+        freed, sites = self._freed, self._freed_sites
+        if freed:
+            for address in slab.slot_addresses():
+                freed.pop(address, None)
+                sites.pop(address, None)
+
+    def frontend(self, inner: BlockOperations) -> BlockOperations:
+        """Wrap the layer below with the checks (see the module documentation)."""
+        # Best effort: the composition is readable here (it is bound before its front ends).
+        frontends: Sequence[object] = getattr(getattr(self.heap, "policy", None), "frontends", ())
+        if self._poisoning and frontends and frontends[-1] != self.frontend:
+            self._poisoning = False
+            warnings.warn(
+                "the debug policy is wrapped by another front end, so blocks reach callers "
+                "without passing through it; poisoning is off. Compose debug last, as in "
+                "'thread-cache+debug'.",
+                PyslabWarning,
+                stacklevel=2,
+            )
+        return _DebugOperations(self, inner)
+
+    # --- what the heap asks ----------------------------------------------------------------------
+
+    def cached_blocks(self) -> Mapping[int, int]:
+        """Quarantined slab slots per slot size: held by the policy, never handed out."""
+        counts: dict[int, int] = {}
+        for block in self._quarantine.values():
+            if block.in_slab:
+                counts[block.span] = counts.get(block.span, 0) + 1
+        return counts
+
+    def check(self) -> None:
+        """Verify every free list, every free slot's poison, every live block's red zones.
+
+        Like ``slabinfo -v``. Nothing is changed, whatever is found.
+
+        Raises:
+            CorruptionError: naming the slab, the address, the offset and what is wrong.
+
+        Complexity: O(bytes of every slab + bytes of every live block).
+        """
+        with self.heap.lock:
+            self._check_all()
+
+    def _check_all(self) -> None:
+        slabs = {slab.base: slab for c in self.heap.size_classes for slab in c.slabs}
+        if slabs.keys() != self._by_base.keys():
+            raise CorruptionError("the debug policy's slab index disagrees with the heap's slabs")
+        for each in slabs.values():
+            self._check_slab(each)
+        for user, (inner, size) in self._live.items():
+            slab = self._by_base.get(inner & self._mask)
+            if slab is not None and not slab.is_live(inner):
+                raise CorruptionError(
+                    f"the debug block at {user:#x} has its slot at {inner:#x} free in {slab!r}"
+                )
+            if self.redzones:
+                message = self._redzone_damage(user, inner, size, self._span(inner, user, size))
+                if message is not None:
+                    raise CorruptionError(message + " (found by validate())")
+        for block in self._quarantine.values():
+            holder = self._by_base.get(block.address & self._mask)
+            if block.in_slab and (holder is None or not holder.is_live(block.address)):
+                raise CorruptionError(f"the quarantined slot at {block.address:#x} is not held")
+
+    def _check_slab(self, slab: MemorySlab) -> None:
+        slot = slab.slot_size
+        previous: int | None = None
+        seen: set[int] = set()
+        for node in slab.free_list():
+            reason = self._not_a_free_slot(slab, node, previous)
+            if reason is None and node in seen:
+                reason = "a slot already in the list (a cycle)"
+            if reason is not None:
+                if previous is None:
+                    raise CorruptionError(f"{slab!r}: its free-list head {node:#x} is {reason}")
+                raise CorruptionError(
+                    f"corrupted free-list pointer in the free {slot}-byte slot at "
+                    f"{previous:#x} (offset 0) of {slab!r}: it holds {node:#x}, {reason}"
+                    + self._freed_note(previous)
+                )
+            seen.add(node)
+            if self._poisoning:
+                damage = self._poison_damage(node, slot)
+                if damage is not None:
+                    raise CorruptionError(damage + " (found by validate())")
+            previous = node
+        if self._poisoning and slab.bump < slab.end:
+            # The uncarved tail: slots never handed out, poisoned when the slab was added.
+            tail = _BYTES[slab.bump : slab.end].tobytes()
+            if tail.count(_DEAD) != len(tail):
+                offset = next(i for i, b in enumerate(tail) if b != POISON_BYTE)
+                address = slab.bump + offset
+                raise CorruptionError(
+                    f"write to a slot never handed out: byte {address:#x} of {slab!r} is "
+                    f"{tail[offset]:#04x}, not the poison byte {POISON_BYTE:#04x}"
+                )
+
+    # --- what callers can read -------------------------------------------------------------------
+
+    def live_blocks(self) -> dict[int, int]:
+        """Every live debug block: address -> requested size (a copy). Complexity: O(blocks)."""
+        with self.heap.lock:
+            return {user: size for user, (_, size) in self._live.items()}
+
+    def sites(self) -> dict[int, traceback.StackSummary]:
+        """The allocation site of every live block (``record_sites=True``; else empty).
+
+        Complexity: O(blocks * site_depth); source lines are read when formatted.
+        """
+        with self.heap.lock:
+            recorded = dict(self._sites)
+        return {user: _summary(site) for user, site in recorded.items()}
+
+    def quarantined(self) -> tuple[QuarantinedBlock, ...]:
+        """Every slot taken out of service, oldest first. Complexity: O(quarantined)."""
+        with self.heap.lock:
+            return tuple(self._quarantine.values())
+
+    def report_section(self) -> str:
+        """The policy's part of a heap report: options, live blocks with their sites (when
+        recorded), quarantined slots. Complexity: O(blocks * site_depth)."""
+        with self.heap.lock:
+            live = dict(self._live)
+            sites = dict(self._sites)
+            quarantine = tuple(self._quarantine.values())
+        options = (
+            f"poison {'on' if self._poisoning else 'off'}, red zones "
+            f"{f'{self.redzone_size} bytes' if self.redzones else 'off'}, free-list checks "
+            f"{'on' if self.check_free_list else 'off'}, sites "
+            f"{f'recorded ({self.site_depth} frames)' if self.record_sites else 'off'}"
+        )
+        lines = [
+            f"debug: {len(live)} live blocks ({sum(s for _, s in live.values())} bytes "
+            f"requested), {len(quarantine)} quarantined; {options}"
+        ]
+        if sites:
+            for user, (_, size) in sorted(live.items()):
+                lines.append(
+                    f"  block {user:#x}: {size} bytes"
+                    + _format_site(sites.get(user), "allocated").replace("\n", "\n    ")
+                )
+        for block in quarantine:
+            lines.append(f"  quarantined {block.address:#x} ({block.span} bytes): {block.reason}")
+        return "\n".join(lines) + "\n"
+
+    # --- helpers shared with the front end --------------------------------------------------------
+
+    def _span(self, inner: int, user: int, size: int) -> int:
+        """Bytes the block occupies from its slot start: its slot, or what a large one asked."""
+        slab = self._by_base.get(inner & self._mask)
+        if slab is not None:
+            return slab.slot_size
+        return user - inner + size + (self.redzone_size if self.redzones else 0)
+
+    def _sound_free_list(self, slab: MemorySlab) -> list[int]:
+        """The free-list nodes of ``slab`` up to the first unsound pointer (not followed)."""
+        nodes: list[int] = []
+        seen: set[int] = set()
+        for node in slab.free_list():
+            if self._not_a_free_slot(slab, node, None) is not None or node in seen:
+                break
+            seen.add(node)
+            nodes.append(node)
+        return nodes
+
+    @staticmethod
+    def _not_a_free_slot(slab: MemorySlab, address: int, holder: int | None) -> str | None:
+        """Why ``address`` cannot be a free-list node of ``slab``, or None when it can."""
+        if not slab.first <= address < slab.end:
+            return f"outside the slots of the slab at {slab.base:#x}"
+        if address & (WORD - 1) or (address - slab.first) % slab.slot_size:
+            return "not at a slot start (misaligned)"
+        if address >= slab.bump:
+            return "a slot never handed out"
+        if address == holder:
+            return "the slot itself (a cycle)"
+        if slab.live >> ((address - slab.base) >> _SHIFT) & 1:
+            return "a live block"
+        return None
+
+    def _poison_damage(self, slot_start: int, slot: int) -> str | None:
+        """The write-after-free report for a free slot whose poison is damaged, or None."""
+        data = _BYTES[slot_start + WORD : slot_start + slot].tobytes()
+        if data.count(_DEAD) == len(data):
+            return None
+        bad = _differences(data, 0, len(data), POISON_BYTE)
+        first = bad[0] + WORD
+        return (
+            f"write after free in the free {slot}-byte slot at {slot_start:#x}: byte "
+            f"{slot_start + first:#x} (offset {first} of the slot) is {data[bad[0]]:#04x}, not "
+            f"the poison byte {POISON_BYTE:#04x} ({_bytes(len(bad))} damaged, the last at offset "
+            f"{bad[-1] + WORD})" + self._freed_note(slot_start, slot_start + first)
+        )
+
+    def _freed_block(self, slot_start: int) -> _Freed | None:
+        """(address, size or None, allocation site, free site) of the debug block last freed in
+        the slot at ``slot_start``, or None when the slot holds none since it was reused."""
+        lead = self._freed.get(slot_start)
+        if lead is None:
+            return None
+        recorded = self._freed_sites.get(slot_start)
+        if recorded is not None:
+            return recorded
+        return slot_start + lead, None, None, None
+
+    def _forget_freed(self, slot_start: int) -> None:
+        self._freed.pop(slot_start, None)
+        self._freed_sites.pop(slot_start, None)
+
+    def _freed_note(self, slot_start: int, corrupted: int | None = None) -> str:
+        """What is known of the block last freed in a slot, for an error message."""
+        freed = self._freed_block(slot_start)
+        if freed is None:
+            return ""
+        user, size, allocated, released = freed
+        where = f", offset {corrupted - user} of it" if corrupted is not None else ""
+        return (
+            f"; the block freed there was at {user:#x}{_size_note(size)}{where}"
+            + _format_site(allocated, "allocated")
+            + _format_site(released, "freed")
+        )
+
+    def _redzone_damage(self, user: int, inner: int, size: int, span: int) -> str | None:
+        """The report of a damaged red zone of a live block, or None when both are intact."""
+        data = _BYTES[inner : inner + span].tobytes()
+        lead = user - inner
+        end = lead + size
+        if data.count(_FORBIDDEN, 0, lead) == lead and data.count(_FORBIDDEN, end) == span - end:
+            return None
+        parts: list[str] = []
+        after = _differences(data, end, span, REDZONE_BYTE)
+        if after:
+            parts.append(
+                f"buffer overflow past the end of the block at {user:#x} ({size} bytes): byte "
+                f"at offset {after[0] - lead} ({inner + after[0]:#x}) is {data[after[0]]:#04x}, "
+                f"not the red-zone byte {REDZONE_BYTE:#04x} ({_bytes(len(after))} of the trailing "
+                f"red zone damaged, up to offset {after[-1] - lead})"
+            )
+        before = _differences(data, 0, lead, REDZONE_BYTE)
+        if before:
+            parts.append(
+                f"buffer underflow before the start of the block at {user:#x} ({size} bytes): "
+                f"byte at offset {before[-1] - lead} ({inner + before[-1]:#x}) is "
+                f"{data[before[-1]]:#04x}, not the red-zone byte {REDZONE_BYTE:#04x} "
+                f"({_bytes(len(before))} of the leading red zone damaged, down to offset "
+                f"{before[0] - lead})"
+            )
+        return "; ".join(parts) + _format_site(self._sites.get(user), "allocated")
+
+    def _owner_of_slot(self, slot_start: int) -> tuple[int, int] | None:
+        """The live debug block (user address, size) whose slot starts at ``slot_start``."""
+        for lead in self._leads:
+            record = self._live.get(slot_start + lead)
+            if record is not None and record[0] == slot_start:
+                return slot_start + lead, record[1]
+        return None
+
+    def _unknown(self, ptr: int, operation: str) -> InvalidFreeError | None:
+        """The error for an address that is not a live debug block, when it concerns a debug
+        block (freed, quarantined, or an address inside one); None leaves it to the layer
+        below (a block allocated before the policy was bound, or a foreign address).
+
+        Complexity: O(1), plus O(alignments used) for an address inside a live slot.
+        """
+        # The core's wording for a block already freed: "double free of <address>".
+        freed_again = f"double free of {ptr:#x}" if operation == "free" else (
+            f"{operation}({ptr:#x}) of a freed block"
+        )
+        quarantined = self._quarantined_users.get(ptr)
+        if quarantined is not None:
+            return DoubleFreeError(
+                f"{freed_again}: the debug block there was quarantined when freed: "
+                f"{quarantined.reason}", ptr,
+            )
+        slab = self._by_base.get(ptr & self._mask)
+        if slab is None:
+            large = self._freed_large.get(ptr)
+            if large is not None:
+                return DoubleFreeError(
+                    f"{freed_again}: the debug block there{_size_note(large[1])} was already "
+                    f"freed" + _format_site(large[2], "allocated")
+                    + _format_site(large[3], "freed"), ptr,
+                )
+            return None
+        if not slab.first <= ptr < slab.end:
+            return None
+        slot_start = ptr - (ptr - slab.first) % slab.slot_size
+        held = self._quarantine.get(slot_start)
+        if held is not None:
+            return InvalidFreeError(
+                f"{operation}({ptr:#x}): the address lies in a quarantined slot at "
+                f"{slot_start:#x}: {held.reason}", ptr,
+            )
+        freed = self._freed_block(slot_start)
+        if freed is not None:
+            user, size, allocated, released = freed
+            sites = _format_site(allocated, "allocated") + _format_site(released, "freed")
+            if ptr == user:
+                return DoubleFreeError(
+                    f"{freed_again}: the debug block there{_size_note(size)} was already freed"
+                    + sites, ptr,
+                )
+            return InvalidFreeError(
+                f"{operation}({ptr:#x}): the address is at offset {ptr - user} of the debug "
+                f"block freed at {user:#x}" + sites, ptr,
+            )
+        if slab.is_live(slot_start):
+            owner = self._owner_of_slot(slot_start)
+            if owner is not None:
+                user, size = owner
+                return InvalidFreeError(
+                    f"{operation}({ptr:#x}): the address is at offset {ptr - user} of the debug "
+                    f"block at {user:#x} ({size} bytes), not at its start"
+                    + _format_site(self._sites.get(user), "allocated"), ptr,
+                )
+        return None
+
+    def _quarantine_block(self, block: QuarantinedBlock) -> None:
+        self._quarantine[block.address] = block
+        if block.user is not None:
+            self._quarantined_users[block.user] = block
+
+    def _isolate(self, slab: MemorySlab, node: int, message: str) -> str:
+        """Quarantine the free slot ``node`` (the head of ``slab``'s free list, whose next
+        pointer is corrupted) and relink the slab's other free slots from its live bitmap.
+
+        Returns what was done, for the error message. Lock held.
+        """
+        slot = slab.slot_size
+        others = [
+            address for address in range(slab.first, slab.bump, slot)
+            if address != node and not slab.live >> ((address - slab.base) >> _SHIFT) & 1
+        ]
+        chain = [node, *others]
+        for address, following in zip(chain, [*others, 0], strict=True):
+            _WORDS[address >> _SHIFT] = following
+        size_class = slab.size_class
+        size_class.current = slab  # the core pops the head of the current slab: node
+        taken = self.heap.take_blocks(size_class, 1)
+        if taken != [node]:
+            self.heap.return_blocks(taken)
+            return (
+                "; the slab's free list was relinked from its live bitmap, but the slot could "
+                "not be quarantined (re-entrant call)"
+            )
+        self._forget_freed(node)
+        self._quarantine_block(QuarantinedBlock(node, slot, None, True, message))
+        return (
+            "; the slot is quarantined and the slab's other free slots relinked from its live "
+            f"bitmap ({len(others)} slots)"
+        )
+
+
+class _DebugOperations:
+    """The block operations of a debug front end (see :class:`Debug`)."""
+
+    __slots__ = (
+        "_alloc_below", "_by_base", "_check_list", "_free_below", "_layouts", "_live",
+        "_lock", "_mask", "_owns_below", "_poison", "_policy", "_record", "_sites", "_tail",
+        "_usable_below",
+    )
+
+    def __init__(self, policy: Debug, inner: BlockOperations) -> None:
+        self._policy = policy
+        self._alloc_below = inner.alloc
+        self._free_below = inner.free
+        self._usable_below = inner.usable_size
+        self._owns_below = inner.owns
+        self._lock = policy.heap.lock
+        self._by_base = policy._by_base
+        self._mask = policy._mask
+        self._live = policy._live
+        self._sites = policy._sites
+        self._tail = policy.redzone_size if policy.redzones else 0
+        # The switches, read once: the policy is bound, and its frontend() decided poisoning.
+        self._poison = policy._poisoning
+        self._check_list = policy.check_free_list
+        self._record = policy.record_sites
+        # align -> (alignment asked below, leading red zone, class of each total size)
+        self._layouts: dict[int, _Layout] = {}
+
+    # --- allocation ------------------------------------------------------------------------------
+
+    def alloc(self, size: int, align: int = WORD) -> int:
+        """Allocate ``size`` bytes between red zones, from a slot whose poison is intact.
+
+        Raises:
+            TypeError, ValueError, MemoryError: as ``SlabAllocator.alloc``.
+            CorruptionError: the slot the layer below handed out was written after it was
+                freed, or the free-list pointer it was about to follow is corrupted; the slot
+                is quarantined (see :class:`Debug`).
+
+        Complexity: O(slot size); O(slabs of the class) when the class has no current slab
+        (every free-list head is checked).
+        """
+        layout = self._layouts.get(align) if type(size) is int and type(align) is int else None
+        if layout is None or size <= 0:
+            size, layout = self._layout(size, align)
+        below, lead, table = layout
+        total = lead + size + self._tail
+        policy = self._policy
+        with self._lock:
+            if self._check_list and total < len(table):
+                size_class = table[total]
+                if size_class is not None:
+                    self._check_heads(size_class)
+            try:
+                inner = self._alloc_below(total, below)
+            except MemoryError as error:
+                raise MemoryError(
+                    f"alloc({size}, align={align}) through the debug policy, which asked for "
+                    f"{total} bytes with its red zones: {error}"
+                ) from error
+            slab = self._by_base.get(inner & self._mask)
+            if slab is not None:
+                span = slab.slot_size
+                if self._poison:
+                    data = _BYTES[inner + WORD : inner + span].tobytes()
+                    if data.count(_DEAD) != len(data):
+                        self._write_after_free(inner, span)
+                if policy._freed:
+                    policy._forget_freed(inner)
+                if self._tail:
+                    _BYTES[inner : inner + span] = policy._redzone_pattern[:span]
+            else:
+                # A large block (or one libc served a re-entrant call): only the zones.
+                if self._tail:
+                    ctypes.memset(inner, REDZONE_BYTE, lead)
+                    ctypes.memset(inner + lead + size, REDZONE_BYTE, self._tail)
+                policy._freed_large.pop(inner + lead, None)
+            user = inner + lead
+            self._live[user] = (inner, size)
+            if self._record:
+                self._sites[user] = _capture(policy.site_depth)
+            return user
+
+    def _layout(self, size: object, align: object) -> tuple[int, _Layout]:
+        """Check ``size`` and ``align`` as the core does; build the layout of ``align`` once."""
+        checked_size, checked_align = _index("size", size), _index("align", align)
+        if checked_size <= 0:
+            raise ValueError(f"size must be a positive int, not {checked_size}")
+        if checked_align <= 0 or checked_align & (checked_align - 1):
+            raise ValueError(f"align must be a power of two, not {checked_align}")
+        layout = self._layouts.get(checked_align)
+        if layout is None:
+            below = max(checked_align, WORD)
+            lead = -(-self._tail // below) * below
+            heap = self._policy.heap
+            largest = heap.size_classes[-1].slot_size
+            table: list[SizeClass | None] = [None]
+            table.extend(heap.class_for(total, below) for total in range(1, largest + 1))
+            layout = (below, lead, table)
+            self._layouts[checked_align] = layout
+            self._policy._leads.add(lead)
+        return checked_size, layout
+
+    def _check_heads(self, size_class: SizeClass) -> None:
+        """Check the free-list pointer the core will follow next in ``size_class``. Lock held.
+
+        With a current slab, the core pops its head; without, the policy's ``select_slab``
+        picks a slab, so the head of every slab of the class with a free list is checked.
+        """
+        current = size_class.current
+        if current is not None:
+            if current.free:
+                self._check_head(current)
+            return
+        for slab in size_class.slabs:
+            if slab.free:
+                self._check_head(slab)
+
+    def _check_head(self, slab: MemorySlab) -> None:
+        """Check the head of ``slab``'s free list and the next pointer stored in it. Lock held.
+
+        The common case, both sound, is tested inline; :meth:`_report_head` works out what is
+        wrong otherwise. The head is checked first, so that its word is read only inside the
+        slab (a pop the front end did not see, by a cache below it, could have set it).
+        """
+        node, first, slot, bump, live = slab.free, slab.first, slab.slot_size, slab.bump, slab.live
+        if first <= node < bump and not (node - first) % slot and not (
+            live >> ((node - slab.base) >> _SHIFT) & 1
+        ):
+            following = _WORDS[node >> _SHIFT]
+            if following:
+                if (
+                    first <= following < bump
+                    and not (following - first) % slot
+                    and following != node
+                    and not live >> ((following - slab.base) >> _SHIFT) & 1
+                ):
+                    return
+            elif (bump - first) // slot - slab.used == 1:
+                return
+        self._report_head(slab)
+
+    def _report_head(self, slab: MemorySlab) -> None:
+        """Raise the report of a corrupted free-list head or next pointer (after isolating
+        the slot that holds a corrupted pointer)."""
+        policy = self._policy
+        node = slab.free
+        problem = policy._not_a_free_slot(slab, node, None)
+        if problem is not None:
+            raise CorruptionError(f"{slab!r}: the head of its free list, {node:#x}, is {problem}")
+        following = _WORDS[node >> _SHIFT]
+        if following:
+            problem = policy._not_a_free_slot(slab, following, node)
+        else:
+            problem = (
+                f"0 (the end of the list), yet {slab!r} has "
+                f"{(slab.bump - slab.first) // slab.slot_size - slab.used - 1} other free slots"
+            )
+        assert problem is not None, "_check_head found nothing wrong"
+        message = (
+            f"corrupted free-list pointer in the free {slab.slot_size}-byte slot at {node:#x} "
+            f"(offset 0): it holds {following:#x}, {problem}" + policy._freed_note(node, node)
+        )
+        raise CorruptionError(message + policy._isolate(slab, node, message))
+
+    def _write_after_free(self, inner: int, span: int) -> None:
+        """Quarantine the slot just handed out and raise the report. Lock held."""
+        policy = self._policy
+        message = policy._poison_damage(inner, span)
+        assert message is not None
+        policy._forget_freed(inner)
+        policy._quarantine_block(QuarantinedBlock(inner, span, None, True, message))
+        raise CorruptionError(message + "; the slot is quarantined (never handed out again)")
+
+    # --- freeing ---------------------------------------------------------------------------------
+
+    def free(self, ptr: int | None) -> None:
+        """Check the block's red zones, poison its slot and give it back.
+
+        Raises:
+            CorruptionError: a red zone was overwritten (overflow or underflow); the block is
+                quarantined, and the address is no longer a live block.
+            DoubleFreeError: ``ptr`` is a debug block already freed (or quarantined).
+            InvalidFreeError: ``ptr`` lies inside a debug block, or is no block of this
+                allocator (reported by the layer below).
+            TypeError: as ``SlabAllocator.free``.
+            Except for a quarantine, the allocator is unchanged when it raises.
+
+        Complexity: O(slot size).
+        """
+        if type(ptr) is not int or ptr <= 0:
+            self._free_below(ptr)
+            return
+        policy = self._policy
+        with self._lock:
+            record = self._live.get(ptr)
+            if record is None:
+                self._free_unknown(ptr)
+                return
+            inner, size = record
+            slab = self._by_base.get(inner & self._mask)
+            span = slab.slot_size if slab is not None else ptr - inner + size + self._tail
+            if self._tail:
+                message = policy._redzone_damage(ptr, inner, size, span)
+                if message is not None:
+                    self._quarantine_live(ptr, inner, span, slab is not None, message)
+            del self._live[ptr]
+            allocated = self._sites.pop(ptr, None) if self._record else None
+            released = _capture(policy.site_depth) if self._record else None
+            if slab is not None:
+                if self._poison:
+                    _BYTES[inner : inner + span] = policy._poison_pattern[:span]
+                # Before the free: a free that empties the slab may release it (slab_removed).
+                policy._freed[inner] = ptr - inner
+                if self._record:
+                    policy._freed_sites[inner] = (ptr, size, allocated, released)
+            else:
+                remembered = policy._freed_large
+                remembered[ptr] = (ptr, size, allocated, released)
+                if len(remembered) > _REMEMBERED_LARGE:
+                    remembered.popitem(last=False)
+            self._free_below(inner)
+
+    def _quarantine_live(
+        self, user: int, inner: int, span: int, in_slab: bool, message: str
+    ) -> None:
+        policy = self._policy
+        del self._live[user]
+        self._sites.pop(user, None)
+        policy._quarantine_block(QuarantinedBlock(inner, span, user, in_slab, message))
+        raise CorruptionError(message + "; the block is quarantined (never handed out again)")
+
+    def _free_unknown(self, ptr: int) -> None:
+        """``free`` of an address that is not a live debug block. Lock held."""
+        error = self._policy._unknown(ptr, "free")
+        if error is not None:
+            raise error
+        slab = self._by_base.get(ptr & self._mask)
+        if self._poison and slab is not None and slab.is_live(ptr):
+            # A block allocated before the policy was bound: poison its slot as any freed one.
+            # Before the free, since a free that empties the slab may release it.
+            _BYTES[ptr : ptr + slab.slot_size] = self._policy._poison_pattern[: slab.slot_size]
+        self._free_below(ptr)
+
+    # --- queries ---------------------------------------------------------------------------------
+
+    def usable_size(self, ptr: int) -> int:
+        """The size the caller asked for (blocks allocated before the policy was bound: as the
+        layer below).
+
+        Raises:
+            DoubleFreeError, InvalidFreeError: ``ptr`` is not a live block.
+
+        Complexity: O(1).
+        """
+        if type(ptr) is int and ptr > 0:
+            with self._lock:
+                record = self._live.get(ptr)
+                if record is not None:
+                    return record[1]
+                error = self._policy._unknown(ptr, "usable_size")
+                if error is not None:
+                    raise error
+        return self._usable_below(ptr)
+
+    def owns(self, ptr: int) -> bool:
+        """True when ``ptr`` is a live debug block, or a block of the layer below that is not
+        part of a debug block. Complexity: O(1)."""
+        if type(ptr) is not int or ptr <= 0:
+            return self._owns_below(ptr)
+        with self._lock:
+            if ptr in self._live:
+                return True
+            if self._policy._unknown(ptr, "owns") is not None:
+                return False
+            return self._owns_below(ptr)
