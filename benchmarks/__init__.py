@@ -1,4 +1,4 @@
-"""pyslab's benchmark suite (issue 7): ``python -m benchmarks [--quick] [--only NAME ...]``.
+"""pyslab's benchmark suite: ``python -m benchmarks [--quick] [--only NAME ...]``.
 
 Not part of the installed library: run it from a checkout, with the ``bench`` extra
 (``pip install -e ".[bench]"``, which ``dev`` includes) for ``rich`` and ``matplotlib``.

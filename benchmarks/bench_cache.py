@@ -1,4 +1,4 @@
-"""An object cache of constructed objects against constructing each object anew (issue 5).
+"""An object cache of constructed objects against constructing each object anew.
 
 Contenders, per operation (one object obtained, used once, given back):
 

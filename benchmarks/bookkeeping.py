@@ -6,7 +6,7 @@ lies in ``pyslab`` or in the module of one of the configuration's policies are t
 bookkeeping (slab objects, their fields, the class and lookup tables). The blocks' addresses
 are not kept by the benchmark, so no per-block Python int is counted.
 
-Target (issue 7): at most 3% of the slab bytes mapped.
+Target: at most 3% of the slab bytes mapped.
 """
 
 from __future__ import annotations

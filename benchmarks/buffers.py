@@ -1,7 +1,8 @@
 """Measurement 3: create and drop a slab-backed 64-byte ctypes buffer vs ``create_string_buffer``.
 
-Target (issue 7): at most 1.5x the cost of ``ctypes.create_string_buffer(64)``. Runs only when
-``SlabAllocator`` has a ``create_string_buffer`` method (issue 3); otherwise the section says so.
+Target: at most 1.5x the cost of ``ctypes.create_string_buffer(64)``, with
+``pyslab.buffers(heap).create_string_buffer`` (the function ``pyslab.install()`` puts in its
+place).
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ __all__ = ["SIZE", "measure"]
 
 SIZE = 64
 BASELINE = "ctypes.create_string_buffer"
-METHOD = "create_string_buffer"
-"""Looked up by name: the method arrives with issue 3, and the suite runs before and after."""
 
 
 def _contender(name: str, make: Callable[[int], object]) -> Contender:
@@ -36,22 +35,12 @@ def _contender(name: str, make: Callable[[int], object]) -> Contender:
 def measure(context: Context) -> Section:
     """Time buffer creation+drop for the default and each single-policy configuration."""
     section = Section("buffer", 3, "slab-backed 64-byte ctypes buffer vs create_string_buffer")
-    if not hasattr(pyslab.SlabAllocator, METHOD):
-        section.notes.append(
-            "skipped: SlabAllocator has no create_string_buffer yet (issue 3 builds it)."
-        )
-        return section
     configs = context.discovery.singles()
     allocators = [pyslab.SlabAllocator(policy=c.spec) for c in configs]
     try:
         contenders = [_contender(BASELINE, ctypes.create_string_buffer)]
         for config, allocator in zip(configs, allocators, strict=True):
-            make: Callable[[int], object] = getattr(allocator, METHOD)
-            try:
-                make(SIZE)
-            except TypeError as error:
-                section.notes.append(f"skipped: {METHOD}({SIZE}) failed: {error}")
-                return section
+            make: Callable[[int], object] = pyslab.buffers(allocator).create_string_buffer
             contenders.append(_contender(config.label, make))
         timings = compare(contenders, context.settings())
         gc.collect()

@@ -1,6 +1,6 @@
 """Measurement 1: an alloc+free pair of 16, 64 and 512 bytes, every configuration vs libc and PyMem.
 
-Targets (issue 7): the fastest thread-safe configuration at least 2x faster than libc
+Targets: the fastest thread-safe configuration at least 2x faster than libc
 ``malloc``+``free`` through ctypes (time ratio <= 0.5); the default configuration no slower
 (ratio <= 1).
 """

@@ -5,7 +5,7 @@ blocks, then frees every block in random order. Mapped bytes (the page source's 
 process RSS (``/proc/self/statm``) are read before, at the peak and after. libc runs the same
 fill and free for comparison (its mapped bytes are not observable; its RSS is).
 
-Target (issue 7): with ``reclaim``, at most 1% of the peak left mapped.
+Target: with ``reclaim``, at most 1% of the peak left mapped.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ and TLB misses whatever the algorithm, so libc ``malloc``+``free`` runs the same
 the same number of live bytes beside pyslab, and each configuration's growth (time at the
 largest level / time at 1 slab) is compared with libc's growth.
 
-Target (issue 7): configurations with an O(1) owner lookup grow at most 1.2x as much as libc;
+Target: configurations with an O(1) owner lookup grow at most 1.2x as much as libc;
 the default ``first-fit`` is shown growing (its ``free`` walks every slab, as the seed says).
 """
 

@@ -1,4 +1,4 @@
-"""The measurements of issue 7, by key and number, and the run that strings them together."""
+"""The measurements, by key and number, and the run that strings them together."""
 
 from __future__ import annotations
 

@@ -37,7 +37,9 @@ def tear_down(session: Session) -> None:
 
 def main() -> None:
     with pyslab.SlabAllocator() as allocator:
-        sessions = pyslab.ObjectCache(allocator, Session, ctor=build_table, dtor=tear_down, name="session")
+        sessions = pyslab.ObjectCache(
+            allocator, Session, ctor=build_table, dtor=tear_down, name="session"
+        )
         print(f"cache {sessions.name!r}: {sessions.objects_per_slab} sessions per "
               f"{sessions.slab_bytes}-byte slab")
 

@@ -349,6 +349,14 @@ class Debug(Policy):
                 counts[block.span] = counts.get(block.span, 0) + 1
         return counts
 
+    def exclusive_blocks(self) -> int:
+        """Live debug blocks: their addresses lie past a red zone, not at a slot start, so
+        only this policy can free them (``set_policy`` keeps it bound while there are any).
+
+        Complexity: O(1).
+        """
+        return len(getattr(self, "_live", ()))
+
     def check(self) -> None:
         """Verify every free list, every free slot's poison, every live block's red zones.
 

@@ -36,9 +36,10 @@ class Stats(Policy):
     What it changes: nothing in placement or lookup. It observes ``block_allocated``,
     ``block_freed``, ``slab_added`` and ``slab_removed``, and follows the report's
     :class:`pyslab.observe.CountsAllocations` protocol, so ``pyslab.observe.report(alloc)`` and
-    ``pyslab.observe.report_dict(alloc)`` show its counters and the internal fragmentation and utilisation
-    ratios (definitions in :mod:`pyslab.observe.heap_report`). Live blocks now and at peak, slabs now and
-    large blocks come from the core (``alloc.stats()``): they are not counted twice.
+    ``pyslab.observe.report_dict(alloc)`` show its counters and the internal fragmentation and
+    utilisation ratios (definitions in :mod:`pyslab.observe.heap_report`). Live blocks now and at
+    peak, slabs now and large blocks come from the core (``alloc.stats()``): they are not
+    counted twice.
 
     Cost: watching every block switches the allocator to its observed hot path; each alloc
     and each free pays one hook call (a few hundred nanoseconds, see the README's table).

@@ -176,7 +176,8 @@ def test_new_places_every_kind_of_ctypes_type_and_initialises_it(
     assert pointer.contents.value == 77
     simple = pyslab.buffers(alloc).new(ctypes.c_double, 2.5)
     assert simple.value == 2.5
-    assert pyslab.buffers(alloc).new(Labelled, 4).value == 40  # a custom __init__ runs, as ctype(...) runs it
+    # A custom __init__ runs, as ctype(...) runs it.
+    assert pyslab.buffers(alloc).new(Labelled, 4).value == 40
     wide = pyslab.buffers(alloc).new(ctypes.c_longdouble, 1.5)
     assert ctypes.addressof(wide) % ctypes.alignment(ctypes.c_longdouble) == 0
     for obj in (point, number, array, pointer, simple, wide):
@@ -325,7 +326,8 @@ def test_frees_from_a_collection_inside_an_allocation_are_deferred(gc_off: None)
             Node(pyslab.buffers(alloc).create_string_buffer(64))
         assert alloc.stats().live_blocks == 40
         policy.armed = True
-        last = pyslab.buffers(alloc).create_string_buffer(b"last", 64)  # the collection runs inside this call
+        # The collection runs inside this call.
+        last = pyslab.buffers(alloc).create_string_buffer(b"last", 64)
         stats = alloc.stats()
         assert stats.deferred_frees == 30
         assert stats.live_blocks == 11 and not alloc.deferred_errors

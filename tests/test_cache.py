@@ -306,7 +306,8 @@ def test_default_names_are_made_unique_and_explicit_ones_must_be(
     with pytest.raises(TypeError):
         pyslab.ObjectCache(heap, ctypes.c_int, name=3)  # type: ignore[arg-type]
     first.close()
-    assert pyslab.ObjectCache(heap, ctypes.c_int, name="Conn").name == "Conn"  # a closed cache's name is free
+    # A closed cache's name is free again.
+    assert pyslab.ObjectCache(heap, ctypes.c_int, name="Conn").name == "Conn"
 
 
 def test_bad_cache_arguments_are_refused(heap: pyslab.SlabAllocator) -> None:

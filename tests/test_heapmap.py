@@ -11,7 +11,7 @@ import pytest
 import pyslab
 import pyslab.core
 import pyslab.observe
-from pyslab.observe import SlotState
+from pyslab.observe import SlabMap, SlotState, heap_map
 
 LIVE, FREE, UNCARVED = SlotState.LIVE, SlotState.FREE, SlotState.UNCARVED
 
@@ -40,7 +40,7 @@ def test_snapshot_counts_agree_with_stats_per_class_and_per_slab(
     allocator: pyslab.SlabAllocator,
 ) -> None:
     live = _fragment(allocator)
-    heap = pyslab.observe.heap_map(allocator)
+    heap = heap_map(allocator)
     stats = allocator.stats()
     assert heap.policy == stats.policy and heap.slab_size == stats.slab_size
     assert [c.slot_size for c in heap.classes] == [c.slot_size for c in stats.classes]
@@ -69,7 +69,7 @@ def test_free_list_order_is_the_order_of_the_next_pointers_in_memory(
     allocator: pyslab.SlabAllocator,
 ) -> None:
     live = _fragment(allocator, seed=11)
-    heap = pyslab.observe.heap_map(allocator)
+    heap = heap_map(allocator)
     for slab_map, slab in zip(heap.slabs, allocator.slabs(), strict=True):
         assert list(slab_map.free_list_addresses()) == _walk_with_ctypes(slab.free)
         assert slab_map.linked == len(slab_map.free_list)
@@ -84,7 +84,7 @@ def test_each_slot_state_matches_what_the_program_did(allocator: pyslab.SlabAllo
     freed = blocks[3:30:4]
     for address in freed:
         allocator.free(address)
-    (slab_map,) = pyslab.observe.heap_map(allocator).size_class(64).slabs
+    (slab_map,) = heap_map(allocator).size_class(64).slabs
     states = {slab_map.address(i): state for i, state in enumerate(slab_map.slots)}
     assert {a for a, s in states.items() if s is LIVE} == set(blocks) - set(freed)
     assert {a for a, s in states.items() if s is FREE} == set(freed)
@@ -102,7 +102,7 @@ def test_colored_slabs_map_slot_indices_past_the_color_offset() -> None:
         blocks = [allocator.alloc(150) for _ in range(2 * 21)]
         for address in blocks[1::2]:
             allocator.free(address)
-        heap = pyslab.observe.heap_map(allocator)
+        heap = heap_map(allocator)
         slabs = heap.size_class(192).slabs
         assert {s.first - s.base for s in slabs} == {0, 64}
         for slab_map in slabs:
@@ -115,9 +115,9 @@ def test_a_snapshot_is_frozen_and_does_not_follow_the_heap(
     allocator: pyslab.SlabAllocator,
 ) -> None:
     first = allocator.alloc(16)
-    before = pyslab.observe.heap_map(allocator)
+    before = heap_map(allocator)
     second = allocator.alloc(16)
-    assert pyslab.observe.heap_map(allocator) != before
+    assert heap_map(allocator) != before
     assert before.size_class(16).used == 1
     with pytest.raises(AttributeError):
         before.policy = "other"  # type: ignore[misc]
@@ -131,7 +131,7 @@ def test_released_slabs_leave_the_map_and_keep_their_serials_counted() -> None:
         blocks = [allocator.alloc(1024) for _ in range(12)]  # three slabs of 4 slots
         for address in blocks[:8]:
             allocator.free(address)  # slab 0 kept as the one cached empty, slab 1 released
-        heap = pyslab.observe.heap_map(allocator)
+        heap = heap_map(allocator)
         assert [s.serial for s in heap.size_class(1024).slabs] == [0, 2]
         assert heap.slabs_made == 3
         allocator.validate()
@@ -161,7 +161,7 @@ def test_snapshots_taken_while_threads_allocate_are_each_consistent() -> None:
             thread.start()
         try:
             for _ in range(30):
-                heap = pyslab.observe.heap_map(allocator)  # raises CorruptionError on a torn view
+                heap = heap_map(allocator)  # raises CorruptionError on a torn view
                 for class_map in heap.classes:
                     assert class_map.used == sum(s.used for s in class_map.slabs)
         finally:
@@ -179,7 +179,7 @@ def test_heap_map_of_a_closed_allocator_raises() -> None:
     allocator = pyslab.SlabAllocator()
     allocator.close()
     with pytest.raises(pyslab.AllocatorClosedError, match="heap_map"):
-        pyslab.observe.heap_map(allocator)
+        heap_map(allocator)
 
 
 def test_heap_map_from_inside_a_policy_hook_is_refused() -> None:
@@ -190,7 +190,7 @@ def test_heap_map_from_inside_a_policy_hook_is_refused() -> None:
 
         def block_allocated(self, slab: pyslab.core.MemorySlab, address: int, size: int) -> None:
             try:
-                pyslab.observe.heap_map(owner)
+                heap_map(owner)
             except pyslab.PyslabError as error:
                 seen.append(error)
 
@@ -211,7 +211,7 @@ def test_a_corrupted_next_pointer_is_reported_not_followed(
     node.next = blocks[5] + 4096 * 64  # far outside the slab
     try:
         with pytest.raises(pyslab.CorruptionError, match=f"{blocks[5] + 4096 * 64:#x}"):
-            pyslab.observe.heap_map(allocator)
+            heap_map(allocator)
     finally:
         node.next = saved
     allocator.validate()
@@ -232,7 +232,7 @@ def test_a_corrupted_next_pointer_is_reported_not_followed(
 def test_to_text_rejects_bad_options(options: dict[str, object], error: type[Exception],
                                      match: str) -> None:
     with pyslab.SlabAllocator() as allocator:
-        heap = pyslab.observe.heap_map(allocator)
+        heap = heap_map(allocator)
         with pytest.raises(error, match=match):
             heap.to_text(**options)  # type: ignore[arg-type]
 
@@ -240,7 +240,7 @@ def test_to_text_rejects_bad_options(options: dict[str, object], error: type[Exc
 def test_lookups_name_the_missing_value() -> None:
     with pyslab.SlabAllocator() as allocator:
         allocator.alloc(1024)
-        heap = pyslab.observe.heap_map(allocator)
+        heap = heap_map(allocator)
         with pytest.raises(KeyError, match="no 48-byte size class"):
             heap.size_class(48)
         with pytest.raises(IndexError, match="slot 4 is not in range"):
@@ -250,13 +250,13 @@ def test_lookups_name_the_missing_value() -> None:
 
 def test_an_inconsistent_slab_map_cannot_be_built() -> None:
     with pytest.raises(ValueError, match="live/free/uncarved"):
-        pyslab.observe.SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=2, linked=0,
+        SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=2, linked=0,
                        uncarved=0, current=False, slots=(LIVE, FREE), free_list=(1,))
     with pytest.raises(ValueError, match="free list"):
-        pyslab.observe.SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=0, linked=2,
+        SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=0, linked=2,
                        uncarved=0, current=False, slots=(FREE, FREE), free_list=(1, 1))
     with pytest.raises(ValueError, match="below the bump pointer"):
-        pyslab.observe.SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=1, linked=0,
+        SlabMap(serial=0, slot_size=1024, base=0, first=0, capacity=2, used=1, linked=0,
                        uncarved=1, current=False, slots=(UNCARVED, LIVE), free_list=())
 
 
@@ -269,7 +269,7 @@ def test_text_draws_one_line_per_slab_in_the_seeds_style() -> None:
         allocator.free(blocks[1])
         allocator.free(blocks[3])
         half = allocator.alloc(300)  # one 512-byte slab: slot 0 live, 7 never carved
-        text = pyslab.observe.heap_map(allocator).to_text(free_list=True)
+        text = heap_map(allocator).to_text(free_list=True)
         lines = text.splitlines()
         assert lines[0] == (
             "heap map: policy first-fit, 4096-byte slabs, 2 slabs (8 KiB mapped), "
@@ -281,8 +281,8 @@ def test_text_draws_one_line_per_slab_in_the_seeds_style() -> None:
         slab_1024 = next(line for line in lines if "│█░█░│" in line)
         assert slab_1024.endswith("2/4  50% partial, current")
         assert lines[lines.index(slab_1024) + 1].strip() == "free list: [3]→[1]"
-        assert str(pyslab.observe.heap_map(allocator)) == pyslab.observe.heap_map(allocator).to_text()
-        ascii_text = pyslab.observe.heap_map(allocator).to_text(ascii=True, free_list=True)
+        assert str(heap_map(allocator)) == heap_map(allocator).to_text()
+        ascii_text = heap_map(allocator).to_text(ascii=True, free_list=True)
         assert ascii_text.isascii() and "|#o#o|" in ascii_text and "[3]->[1]" in ascii_text
         for address in (blocks[0], blocks[2], half):
             allocator.free(address)
@@ -293,7 +293,7 @@ def test_text_compresses_wide_slabs_and_long_classes() -> None:
     with pyslab.SlabAllocator() as allocator:
         small = [allocator.alloc(8) for _ in range(16)]  # 16 of 512 slots: two full cells
         big = [allocator.alloc(1024) for _ in range(4 * 20)]  # 20 full slabs
-        text = pyslab.observe.heap_map(allocator).to_text(width=64, max_slabs=6)
+        text = heap_map(allocator).to_text(width=64, max_slabs=6)
         assert "1 cell = 8 slots" in text
         line = next(line for line in text.splitlines() if "16/512  " in line)
         assert "│██" + "·" * 62 + "│" in line
@@ -307,4 +307,4 @@ def test_text_compresses_wide_slabs_and_long_classes() -> None:
 
 def test_text_of_an_empty_heap_says_so() -> None:
     with pyslab.SlabAllocator() as allocator:
-        assert pyslab.observe.heap_map(allocator).to_text().endswith("(no slabs)")
+        assert heap_map(allocator).to_text().endswith("(no slabs)")

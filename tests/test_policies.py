@@ -159,7 +159,9 @@ class CountingPolicy(pyslab.Policy):
     def slab_removed(self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab) -> None:
         self.removed += 1
 
-    def slab_refilled(self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab) -> None:
+    def slab_refilled(
+        self, size_class: pyslab.core.SizeClass, slab: pyslab.core.MemorySlab
+    ) -> None:
         self.refilled += 1
 
 

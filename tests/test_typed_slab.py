@@ -44,8 +44,7 @@ def heap() -> Iterator[pyslab.SlabAllocator]:
 
 @pytest.fixture
 def no_installed_allocator() -> Iterator[None]:
-    current = getattr(pyslab, "current", None)
-    if current is not None and current() is not None:
+    if pyslab.current() is not None:
         pytest.skip("an allocator is installed process-wide")
     yield
 
@@ -375,9 +374,7 @@ def test_without_an_allocator_the_slab_maps_its_own_pages(no_installed_allocator
 
 
 def test_the_installed_allocator_is_used_when_none_is_given() -> None:
-    installed = getattr(pyslab, "installed", None)
-    if installed is None:
-        pytest.skip("pyslab.installed() is not available")
+    installed = pyslab.installed
     with (
         pyslab.SlabAllocator() as allocator,
         installed(allocator),

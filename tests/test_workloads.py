@@ -63,7 +63,8 @@ def test_the_same_seed_gives_the_same_operation_sequence(name: str) -> None:
 def test_the_threaded_workload_makes_the_same_calls_for_a_seed() -> None:
     # Each producer's sizes are fixed by the seed; the interleaving is the scheduler's.
     def calls(seed: int) -> collections.Counter[tuple[str, int]]:
-        events = pyslab.lab.record_workload(pyslab.lab.make_workload("producer-consumer"), 4000, seed)
+        workload = pyslab.lab.make_workload("producer-consumer")
+        events = pyslab.lab.record_workload(workload, 4000, seed)
         return collections.Counter((e.op, e.size) for e in events)
 
     assert calls(3) == calls(3)
@@ -195,7 +196,8 @@ def test_a_run_takes_policy_instances_and_names_their_composition() -> None:
     first = pyslab.lab.run_workload("ramp", [pyslab.make_policy("dict-lookup"), reclaim], ops=2000)
     assert first.configuration == "dict-lookup+reclaim"
     assert first.final_mapped_bytes == 0  # keep=0: every empty slab goes back
-    again = pyslab.lab.run_workload("ramp", [reclaim], ops=2000)  # released by the first run's close
+    # Released by the first run's close.
+    again = pyslab.lab.run_workload("ramp", [reclaim], ops=2000)
     assert again.final_mapped_bytes == 0 and again.configuration == "reclaim"
 
 
@@ -259,7 +261,7 @@ def test_an_entry_point_that_is_not_a_workload_is_named(tmp_path: Path) -> None:
         tmp_path, "[pyslab.workloads]\nbroken = stairs_workload:NotAWorkload\n"
     )
     code = (
-        "import pyslab\n"
+        "import pyslab.lab\n"
         "try:\n    pyslab.lab.make_workload('broken')\n"
         "except pyslab.lab.WorkloadError as e:\n    print(e)\n"
     )

@@ -13,12 +13,15 @@ from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
 
 import pyslab
 import pyslab.lab
+from pyslab.policy.registry import parse_spec
 
 if TYPE_CHECKING:
     from pyslab.lab import RunResult
+    from pyslab.policy.entry_points import PluginEntry
 
 __all__ = [
     "DEFAULT_CONFIGURATIONS",
+    "SPEC_HELP",
     "MissingExtra",
     "Subparsers",
     "UsageError",
@@ -29,6 +32,7 @@ __all__ = [
     "configuration",
     "environment",
     "positive_int",
+    "print_entries",
     "print_listing",
     "run_jobs",
     "unique",
@@ -39,6 +43,12 @@ Subparsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 DEFAULT_CONFIGURATIONS: Final = ("first-fit", "dict-lookup", "reclaim", "dict-lookup+reclaim")
 """The seed's design, each built-in improvement alone, and both together."""
+
+SPEC_HELP: Final = (
+    "registered policies joined by '+', each NAME or NAME(KEY=VALUE, ...) with Python "
+    "literal values, e.g. dict-lookup+reclaim(keep=4) (see 'pyslab policies')"
+)
+"""How ``-p`` documents the spec syntax (:mod:`pyslab.policy.registry`)."""
 
 
 class UsageError(Exception):
@@ -88,6 +98,15 @@ def print_listing(listed: dict[str, str]) -> int:
     return 0
 
 
+def print_entries(entries: Sequence[PluginEntry]) -> int:
+    """Print ``name  description`` per plugin, and ``name  (broken: Error: message)`` for one
+    whose entry point fails to load. Returns 0: a broken plugin is reported, not fatal."""
+    return print_listing({
+        entry.name: f"(broken: {entry.problem})" if entry.broken else str(entry.description)
+        for entry in entries
+    })
+
+
 def positive_int(text: str) -> int:
     """An int above 0; underscores allowed (``20_000``)."""
     try:
@@ -100,12 +119,18 @@ def positive_int(text: str) -> int:
 
 
 def configuration(text: str) -> str:
-    """A policy composition that builds: checked by building (and closing) an allocator."""
+    """A policy spec that builds, checked by building (and closing) an allocator, returned as
+    written with its whitespace normalised (``reclaim( keep=4 )`` gives ``reclaim(keep=4)``):
+    the label of its results.
+
+    Raises: argparse.ArgumentTypeError with the reason (a usage error, exit status 2).
+    """
     try:
-        pyslab.SlabAllocator(policy=text).close()
+        normalised = "+".join(part.text for part in parse_spec(text))
+        pyslab.SlabAllocator(policy=normalised).close()
     except (pyslab.PolicyError, TypeError, ValueError) as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    return text
+    return normalised
 
 
 def workload_name(text: str) -> str:
@@ -121,8 +146,7 @@ def add_policy_option(parser: argparse.ArgumentParser) -> None:
     """``--policy CONFIG``, repeatable."""
     parser.add_argument(
         "-p", "--policy", action="append", type=configuration, metavar="CONFIG",
-        help="a policy configuration: a registered policy or a composition such as "
-        "dict-lookup+reclaim (repeat for several; default: "
+        help=f"a policy configuration: {SPEC_HELP} (repeat for several; default: "
         + ", ".join(DEFAULT_CONFIGURATIONS) + ")",
     )
 

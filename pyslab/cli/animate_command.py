@@ -16,7 +16,7 @@ import pyslab
 import pyslab.observe
 from pyslab.observe.animation import animate, default_configurations
 
-from ._common import Subparsers, configuration, positive_int, unique
+from ._common import SPEC_HELP, Subparsers, configuration, positive_int, unique
 from .map_command import _check_viz, add_run_options, make
 
 DEFAULT_OPS = 6000
@@ -35,8 +35,8 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     parser.add_argument("dir", metavar="DIR", help="directory for the frames (created)")
     parser.add_argument(
         "-p", "--policy", action="append", type=configuration, metavar="CONFIG",
-        help="a policy configuration, one column each (repeat; default: first-fit and "
-        "fullest-first+reclaim when registered)",
+        help=f"a policy configuration: {SPEC_HELP}; one column each (repeat; default: "
+        "first-fit and fullest-first+reclaim when registered)",
     )
     add_run_options(parser, DEFAULT_OPS)
     parser.add_argument(

@@ -15,7 +15,14 @@ import pyslab.lab
 import pyslab.observe
 from pyslab.observe.animation import FragmentationDemo, record_frames
 
-from ._common import MissingExtra, Subparsers, UsageError, configuration, positive_int
+from ._common import (
+    SPEC_HELP,
+    MissingExtra,
+    Subparsers,
+    UsageError,
+    configuration,
+    positive_int,
+)
 
 DEFAULT_OPS = 1500
 DEMO = FragmentationDemo.name
@@ -32,7 +39,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "-p", "--policy", type=configuration, default="first-fit", metavar="CONFIG",
-        help="the policy configuration (default first-fit)",
+        help=f"the policy configuration: {SPEC_HELP} (default first-fit)",
     )
     add_run_options(parser, DEFAULT_OPS)
     parser.add_argument("--free-list", action="store_true",

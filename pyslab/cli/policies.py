@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import pyslab
+from pyslab.policy.registry import policy_entries
 
-from ._common import Subparsers, print_listing
+from ._common import SPEC_HELP, Subparsers, print_entries
 
 
 def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -15,10 +15,11 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         "policies",
         help="list the policy plugins (built-in and third-party)",
         description="List every policy registered under the entry-point group "
-        "pyslab.policies, with its description. Compose them with '+' in --policy.",
+        "pyslab.policies, with its description; one whose plugin fails to load is listed as "
+        f"broken, with its error. In --policy: {SPEC_HELP}.",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line per policy. Returns 0."""
-    return print_listing(pyslab.policies())
+    """Print one line per policy, broken ones with their error. Returns 0."""
+    return print_entries(policy_entries())

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-import pyslab
-import pyslab.lab
+from pyslab.lab.workload import workload_entries
 
-from ._common import Subparsers, print_listing
+from ._common import Subparsers, print_entries
 
 
 def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -16,10 +15,11 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         "workloads",
         help="list the workloads 'pyslab compare' can run",
         description="List every workload registered under the entry-point group "
-        "pyslab.workloads, with its description.",
+        "pyslab.workloads, with its description; one whose plugin fails to load is listed "
+        "as broken, with its error.",
     )
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line per workload. Returns 0."""
-    return print_listing(pyslab.lab.workloads())
+    """Print one line per workload, broken ones with their error. Returns 0."""
+    return print_entries(workload_entries())

@@ -22,7 +22,8 @@ from .forking import protect_across_fork
 from .libc import PAGE_SIZE
 from .memory import BYTES, WORD_SHIFT, WORD_SIZE, WORDS, FreeNode
 from .pages import LargeObjects, MmapPageSource, PageSource
-from .slab import MemorySlab, SizeClass, SlabState
+from .slab import FreeListCorruptionError, MemorySlab, SizeClass, SlabState
+from .slab_index import SlabIndex
 from .stats import AllocatorStats, CacheStats, ClassStats
 
 __all__ = [
@@ -36,6 +37,7 @@ __all__ = [
     "ArenaPageSource",
     "CacheStats",
     "ClassStats",
+    "FreeListCorruptionError",
     "FreeNode",
     "HeapClient",
     "LargeObjects",
@@ -44,6 +46,7 @@ __all__ = [
     "PageSource",
     "SizeClass",
     "SlabAllocator",
+    "SlabIndex",
     "SlabState",
     "protect_across_fork",
 ]

@@ -9,7 +9,10 @@ caches) are :class:`~pyslab.core.clients.HeapClient` instances that it involves 
 from __future__ import annotations
 
 import operator
+import os
 import sys
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MethodType, TracebackType
@@ -44,6 +47,25 @@ _T = TypeVar("_T")
 _MISALIGNED: Final[int] = WORD - 1
 _OWNER_ATTRIBUTE: Final = "_pyslab_bound_to"
 
+# The allocator each page source serves, by id() of the source: an allocator holds its source,
+# so the id is the source's for as long as the allocator lives; the weak values keep no
+# allocator alive. Read and written only under _SOURCES_LOCK (never held with another lock).
+_SOURCE_USERS: Final[weakref.WeakValueDictionary[int, SlabAllocator]] = (
+    weakref.WeakValueDictionary()
+)
+_SOURCES_LOCK = threading.Lock()
+
+
+def _fresh_sources_lock() -> None:
+    # In a fork's child, another thread of the parent may have held the lock: it never will
+    # release it there. The dict itself is consistent (each operation on it is atomic).
+    global _SOURCES_LOCK
+    _SOURCES_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_sources_lock)
+
 
 class SlabAllocator(CallGuard):
     """A slab allocator handing out real memory: addresses that C code can read and write.
@@ -63,6 +85,17 @@ class SlabAllocator(CallGuard):
     Raises:
         TypeError, ValueError: the layout is invalid (the message names the bad value).
         UnknownPolicyError: a policy name is not registered.
+        PolicyError: the composition cannot be bound (see :func:`~pyslab.policy.resolve`: a
+            policy class twice, a method named like a hook that is none, a hook with the
+            wrong parameters), or a policy instance is bound to another open allocator.
+        ValueError: ``page_source`` (or the one a policy supplied) already serves another
+            allocator that is not closed, or is itself closed (``closed`` is True, as for an
+            :class:`ArenaPageSource` whose allocator was closed): a source serves one
+            allocator at a time, since closing an allocator closes its source. A source
+            that keeps working after ``close()`` (``MmapPageSource``) may serve a new
+            allocator once its previous one is closed.
+
+    Complexity: O(size classes + policies); the page-source check is one dict lookup.
 
     The allocator is safe to call from many threads, and re-entrant calls on one thread (a
     finalizer run by the garbage collector in the middle of an allocation) neither deadlock nor
@@ -97,9 +130,37 @@ class SlabAllocator(CallGuard):
         self._reentrant_allocs = 0
         self._closed = False
         self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
-        with self._lock:
-            self._bind(resolved)
+        self._claim_source()
+        try:
+            with self._lock:
+                self._bind(resolved)
+        except BaseException:
+            self._disclaim_source()
+            raise
         _forking.track(self, _forking.ALLOCATORS)  # fork(): see pyslab.core.forking
+
+    def _claim_source(self) -> None:
+        """Record this allocator as its page source's one user (see ``__init__``'s Raises)."""
+        source = self._source
+        if getattr(source, "closed", False) is True:
+            raise ValueError(
+                f"page source {source!r} is closed: a closed source maps no slab (the "
+                f"allocator it served closed it); give each allocator a source of its own"
+            )
+        with _SOURCES_LOCK:
+            user = _SOURCE_USERS.get(id(source))
+            if user is not None and user is not self and not user._closed:
+                raise ValueError(
+                    f"page source {source!r} already serves {user!r}: a page source serves "
+                    f"one allocator at a time (closing either allocator would unmap the "
+                    f"other's slabs); give each allocator a source of its own"
+                )
+            _SOURCE_USERS[id(source)] = self
+
+    def _disclaim_source(self) -> None:
+        with _SOURCES_LOCK:
+            if _SOURCE_USERS.get(id(self._source)) is self:
+                del _SOURCE_USERS[id(self._source)]
 
     # --- public properties (the Heap protocol that policies see) ---------------------------
 
@@ -150,6 +211,8 @@ class SlabAllocator(CallGuard):
 
         Raises:
             MemoryError: no memory is left; the blocks already taken are given back first.
+            PolicyError: the policy's ``select_slab`` gave a slab that cannot serve; the blocks
+                already taken are given back first.
             AllocatorClosedError: the allocator was closed.
 
         Complexity: O(count), plus what new slabs cost.
@@ -164,7 +227,7 @@ class SlabAllocator(CallGuard):
         try:
             for _ in range(count):
                 taken.append(self._take(size_class, size_class.slot_size))
-        except MemoryError:
+        except (MemoryError, PolicyError):
             for address in taken:
                 self._free_locked(address)
             raise
@@ -202,6 +265,8 @@ class SlabAllocator(CallGuard):
             TypeError: ``size`` or ``align`` is not an int.
             ValueError: ``size`` is not positive or ``align`` is not a power of two.
             MemoryError: no memory is left; the allocator is unchanged.
+            PolicyError: the policy's ``select_slab`` answered a slab that cannot serve the
+                request (full, of another class, not listed); the allocator is unchanged.
             AllocatorClosedError: the allocator was closed.
 
         Complexity: O(1) while the current slab of the class has a free slot; otherwise the
@@ -262,9 +327,45 @@ class SlabAllocator(CallGuard):
         return address
 
     def _refill(self, size_class: SizeClass) -> MemorySlab:
-        slab = self._select_slab(size_class) or self._new_slab(size_class)
+        """Make the policy's ``select_slab`` answer (or a new slab) ``current``. Lock held.
+
+        Runs only when ``size_class.current`` is None (never on the fast path).
+
+        Raises:
+            PolicyError: the answer is neither None nor a slab listed in ``size_class`` with a
+                free slot; nothing has changed.
+            MemoryError: no slab can be mapped; nothing has changed.
+
+        Complexity: the policy's ``select_slab``, then O(1) (or one ``mmap``).
+        """
+        slab = self._select_slab(size_class)
+        if slab is None:
+            slab = self._new_slab(size_class)
+        elif (
+            not isinstance(slab, MemorySlab)
+            or slab.size_class is not size_class
+            or slab not in size_class.slabs
+            or slab.used >= slab.capacity
+        ):
+            raise self._bad_selection(size_class, slab)
         size_class.current = slab
         return slab
+
+    def _bad_selection(self, size_class: SizeClass, answer: object) -> PolicyError:
+        """The error for a ``select_slab`` answer that cannot serve ``size_class``."""
+        if not isinstance(answer, MemorySlab):
+            why = "not a MemorySlab (None asks for a new slab)"
+        elif answer.size_class is not size_class:
+            why = f"a slab of the {answer.slot_size}-byte class"
+        elif answer not in size_class.slabs:
+            why = "not one of the class's slabs (released, or never listed)"
+        else:
+            why = f"full ({answer.used}/{answer.capacity} slots used)"
+        return PolicyError(
+            f"policy {self._policy.name!r}: select_slab answered {answer!r} for the "
+            f"{size_class.slot_size}-byte class, which is {why}; it must answer None or a "
+            f"slab of that class with a free slot"
+        )
 
     def _new_slab(self, size_class: SizeClass) -> MemorySlab:
         serial = self._serial
@@ -630,22 +731,47 @@ class SlabAllocator(CallGuard):
         """Replace the policy of a live allocator. No live block moves or is lost.
 
         The new policies are bound and told of every existing slab; empty slabs are then
-        offered to the new ``keep_empty``.
+        offered to the new ``keep_empty``. Every bound policy is unbound, or bound again when
+        the new composition holds the same instance (which restarts its state).
 
         Raises:
-            UnknownPolicyError, PolicyError: the new policy cannot be built or bound; the old
-                one stays in place.
+            UnknownPolicyError, PolicyError: the new policy cannot be built or bound (see
+                :func:`~pyslab.policy.resolve`); or a bound policy reports
+                :meth:`~pyslab.Policy.exclusive_blocks` (live blocks only it can free, such
+                as ``debug``'s): unbinding or rebinding it would make them unfreeable. Free
+                them first (blocks a cache in front of it holds count too: ``shrink()``
+                gives them back). In every case the old policy stays bound and the
+                allocator is unchanged.
+            AllocatorClosedError: the allocator was closed.
+
+        Complexity: O(slabs) to announce them, plus what binding each policy costs.
         """
         resolved = resolve(parse_policies(policy))
         self._check_closed("set_policy")
         with self._lock:
             old = self._policy
+            self._refuse_stranding(old)  # before anything changes, the flush included
             self._flush_policies("set_policy")  # held blocks go back before their holder goes
             self._exclusively("set_policy", lambda: self._rebind(old, resolved))
 
+    @staticmethod
+    def _refuse_stranding(old: ResolvedPolicy) -> None:
+        """Raise PolicyError when a bound policy holds blocks that only it can free. Lock held."""
+        for policy in old.policies:
+            held = policy.exclusive_blocks()
+            if held:
+                raise PolicyError(
+                    f"set_policy would strand {held} live blocks of policy {policy!r}: only it "
+                    f"can free them (exclusive_blocks), and set_policy unbinds or rebinds every "
+                    f"bound policy. Free them first; the policy {old.name!r} stays bound"
+                )
+
     def _rebind(self, old: ResolvedPolicy, resolved: ResolvedPolicy) -> None:
         self._bind(resolved)
+        kept = {id(policy) for policy in resolved.policies}
         for policy in old.policies:
+            if id(policy) in kept:
+                continue  # bound again just now: unbinding it would undo that
             policy.unbind()
             setattr(policy, _OWNER_ATTRIBUTE, None)
         for size_class in self._classes:

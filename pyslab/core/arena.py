@@ -98,6 +98,12 @@ class ArenaPageSource:
         return self._mapped
 
     @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has unmapped the region: the source maps nothing more, and
+        an allocator refuses it. Complexity: O(1)."""
+        return self._closed
+
+    @property
     def region(self) -> tuple[int, int]:
         """``(start, end)`` of the reserved region: every slab lies inside it."""
         return self.start, self.end

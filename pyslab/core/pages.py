@@ -26,6 +26,11 @@ class PageSource(Protocol):
     Contract: ``map_slab`` returns the address of ``size`` bytes of readable and writable memory
     aligned to ``size`` (so that ``address & ~(size - 1)`` finds the slab of any byte in it),
     that no other user holds; ``release_slab`` takes back exactly such a region.
+
+    A source serves one allocator at a time (the allocator closes it in its own ``close``): a
+    second allocator built on a source whose allocator is open raises ``ValueError``. A source
+    that maps nothing once closed should say so with a ``closed`` attribute (as
+    ``ArenaPageSource`` does); an allocator refuses a source whose ``closed`` is True.
     """
 
     @property

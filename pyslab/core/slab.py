@@ -13,13 +13,15 @@ path. Policies read them freely and must not write any field but ``SizeClass.cur
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Final, final
+
+from pyslab.errors import CorruptionError
 
 from .libc import POINTER_SIZE
 from .memory import WORD_SHIFT, WORDS
 
-__all__ = ["MemorySlab", "SizeClass", "SlabState"]
+__all__ = ["FreeListCorruptionError", "MemorySlab", "SizeClass", "SlabState"]
 
 
 class SlabState(enum.Enum):
@@ -106,7 +108,8 @@ class MemorySlab:
         """Walk the intrusive free list from its head, reading the next pointers from memory.
 
         Yields each node before reading its next pointer, and stops after ``capacity`` nodes,
-        so a caller that checks every address it gets cannot be led outside the slab.
+        so a caller that checks every address it gets cannot be led outside the slab; on a
+        list that may be corrupted, :meth:`checked_free_list` does the checking.
 
         Complexity: O(length of the list).
         """
@@ -117,11 +120,99 @@ class MemorySlab:
             yield node
             node = WORDS[node >> WORD_SHIFT]
 
+    def free_list_fault(self, node: int, seen: Collection[int] = ()) -> str | None:
+        """Why ``node`` cannot be the next link of this slab's free list, or None when it can.
+
+        ``node`` is a next pointer (or the head, ``free``) and ``seen`` the nodes of the list
+        before it. A node can be next when it is a carved slot start of this slab that is not
+        live and not in ``seen``; 0, the end of the list, when ``seen`` holds every free carved
+        slot (invariant 4 of the package docstring). The answer completes the sentence
+        "the pointer holds <node>, ...", as the error messages put it. Reads the slab's fields,
+        never memory: a node is proven to lie in the slab before anyone reads its next pointer.
+
+        Complexity: O(1) when ``seen`` is a set (or the empty tuple).
+        """
+        if not node:
+            free = (self.bump - self.first) // self.slot_size - self.used
+            if len(seen) == free:
+                return None
+            return f"the end of the list after {len(seen)} nodes, yet {free} carved slots are free"
+        if not self.first <= node < self.end:
+            return f"outside the slots of the slab at {self.base:#x}"
+        if node & _ALIGN_MASK or (node - self.first) % self.slot_size:
+            return "not at a slot start (misaligned)"
+        if node >= self.bump:
+            return "a slot never handed out"
+        if self.live >> ((node - self.base) >> WORD_SHIFT) & 1:
+            return "a live block"
+        if node in seen:
+            return "a slot already on the list (a cycle)"
+        return None
+
+    def checked_free_list(self) -> Iterator[int]:
+        """Walk the free list from its head as :meth:`free_list` does, checking every link.
+
+        Each node is checked with :meth:`free_list_fault` before it is yielded and before its
+        own next pointer is read, so a corrupted list is reported, never followed out of the
+        slab; the pointer that ends the list is checked too (the list holds every free carved
+        slot). The walk ends after at most ``capacity`` nodes: each one yielded is a distinct
+        slot of the slab.
+
+        Raises:
+            FreeListCorruptionError: at the first pointer that cannot be the next link (it
+                names the slab, the free slot holding the pointer, the value and why).
+
+        Complexity: O(length of the list).
+        """
+        seen: set[int] = set()
+        holder: int | None = None
+        node = self.free
+        while True:
+            fault = self.free_list_fault(node, seen)
+            if fault is not None:
+                raise FreeListCorruptionError(self, holder, node, fault)
+            if not node:
+                return
+            yield node
+            seen.add(node)
+            holder = node
+            node = WORDS[node >> WORD_SHIFT]
+
     def __repr__(self) -> str:
         return (
             f"<slab #{self.serial} {self.slot_size}B at {self.base:#x}: "
             f"{self.used}/{self.capacity} used>"
         )
+
+
+class FreeListCorruptionError(CorruptionError):
+    """A free list that cannot be followed: a pointer in it cannot be the next link.
+
+    Raised by :meth:`MemorySlab.checked_free_list`. Its fields let a caller word its own
+    report (the ``debug`` policy adds what it knows of the block freed in ``holder``):
+
+    - ``slab``: the slab whose list it is.
+    - ``holder``: the free slot whose first word holds the pointer, or None for the head
+      (``slab.free``).
+    - ``node``: the pointer's value (0: the list ends there).
+    - ``reason``: why it cannot be the next link (:meth:`MemorySlab.free_list_fault`).
+    """
+
+    def __init__(self, slab: MemorySlab, holder: int | None, node: int, reason: str) -> None:
+        where = (
+            "its free-list head is" if holder is None
+            else f"the free-list pointer in the free slot at {holder:#x} holds"
+        )
+        super().__init__(f"{slab!r}: {where} {node:#x}, {reason}")
+        self.slab = slab
+        self.holder = holder
+        self.node = node
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type[CorruptionError], tuple[object, ...]]:
+        # The slab is this process's object: across a process boundary (pickling) the error
+        # travels as the CorruptionError its message states.
+        return CorruptionError, self.args
 
 
 @final

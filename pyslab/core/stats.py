@@ -34,7 +34,7 @@ class ClassStats:
 
 @dataclass(frozen=True)
 class CacheStats:
-    """One object cache (``SlabAllocator.cache``) at the moment of the snapshot."""
+    """One object cache (``pyslab.ObjectCache``) at the moment of the snapshot."""
 
     name: str
     """The cache's name, unique among its allocator's caches."""
@@ -100,7 +100,7 @@ class AllocatorStats:
     deferred_frees: int = 0
     """Frees made re-entrantly and completed when the interrupted call ended."""
     caches: tuple[CacheStats, ...] = ()
-    """One entry per object cache (``SlabAllocator.cache``), oldest first. Their slabs are
+    """One entry per object cache (``pyslab.ObjectCache``), oldest first. Their slabs are
     blocks of this allocator, so their memory is also counted in ``classes`` or
     ``large_bytes``."""
 

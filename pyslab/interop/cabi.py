@@ -1,6 +1,6 @@
 """The C-callable allocator: ``malloc``/``calloc``/``realloc``/``free`` as C function pointers.
 
-``SlabAllocator.c_functions()`` returns a :class:`CFunctions` whose four members are ctypes
+:func:`c_functions` returns the :class:`CFunctions` of an allocator, whose four members are ctypes
 ``CFUNCTYPE`` objects, ready to be stored in a C library's allocator hooks (expat's
 ``XML_Memory_Handling_Suite``, a ``set_allocator(malloc, realloc, free)`` function...). The C
 side calls plain C function pointers; ctypes takes the GIL and runs the Python allocator.

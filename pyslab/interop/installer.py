@@ -3,8 +3,8 @@
 The Rust original is a ``#[global_allocator]``. Python's own objects cannot move to another
 allocator, but the memory a program asks ctypes for can: while an allocator is installed, the
 module attributes ``ctypes.create_string_buffer`` and ``ctypes.create_unicode_buffer`` are the
-bound methods of its :class:`~pyslab.interop.slab_buffers.SlabBuffers`, so every call through them (``ctypes.
-create_string_buffer(...)`` in any module) returns a buffer in slab memory.
+bound methods of its :class:`~pyslab.interop.SlabBuffers`, so every call through them
+(``ctypes.create_string_buffer(...)`` in any module) returns a buffer in slab memory.
 
 What is not slab-backed: names bound before :func:`install` (``from ctypes import
 create_string_buffer``, and the deprecated alias ``ctypes.c_buffer``, which ctypes binds at

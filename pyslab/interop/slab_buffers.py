@@ -28,8 +28,8 @@ the middle of another call of the same allocator takes the core's re-entrant pat
 Differences from ctypes' own buffers (the memory is borrowed, not owned): ``ctypes.resize``
 refuses them, and ``_b_needsfree_`` is 0. Closing the allocator while they live leaves them
 dangling, as any address of a closed allocator: ``close()`` tells the buffers, which forget
-their blocks at once (the finalizers then do nothing, and the allocator is not kept alive). Copies (``copy.copy(buf)``, ``bytes(buf)``) are
-ordinary objects, in ordinary memory.
+their blocks at once (the finalizers then do nothing, and the allocator is not kept alive).
+Copies (``copy.copy(buf)``, ``bytes(buf)``) are ordinary objects, in ordinary memory.
 """
 
 from __future__ import annotations

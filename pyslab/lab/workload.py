@@ -31,6 +31,7 @@ from typing import ClassVar, Final, Protocol, runtime_checkable
 
 from pyslab.errors import PyslabError
 from pyslab.policy import EntryPointRegistry
+from pyslab.policy.entry_points import PluginEntry
 
 __all__ = [
     "GROUP",
@@ -39,6 +40,7 @@ __all__ = [
     "WorkloadError",
     "WorkloadHeap",
     "make_workload",
+    "workload_entries",
     "workloads",
 ]
 
@@ -118,14 +120,27 @@ _REGISTRY: Final = EntryPointRegistry(
 
 
 def workloads() -> dict[str, str]:
-    """Every registered workload name with its one-line description, sorted by name.
+    """Every registered workload that loads, with its one-line description, sorted by name.
 
-    Raises:
-        WorkloadError: a registered entry point does not load a ``Workload`` subclass.
+    A workload whose entry point fails to load (its module raises on import, or it names
+    something that is not a ``Workload`` subclass) is left out, with a
+    :class:`~pyslab.PyslabWarning` naming it and the error; :func:`workload_entries` lists it
+    with its error, and :func:`make_workload` raises :class:`WorkloadError` for it.
 
     Complexity: O(registered workloads); entry points are read once per process.
     """
     return _REGISTRY.descriptions()
+
+
+def workload_entries() -> list[PluginEntry]:
+    """Every registered workload entry point, sorted by name, with its description when it
+    loads and the error it raised when it does not (``pyslab workloads`` prints them).
+
+    Never raises for a plugin that fails to load.
+
+    Complexity: O(registered workloads); each plugin module is imported on the first call.
+    """
+    return _REGISTRY.entries()
 
 
 def make_workload(name: str, /, **params: object) -> Workload:
@@ -133,7 +148,9 @@ def make_workload(name: str, /, **params: object) -> Workload:
 
     Raises:
         UnknownWorkloadError: no workload has that name (the message lists the known ones).
-        WorkloadError: the plugin is not a ``Workload``, or does not take ``params``.
+        WorkloadError: the plugin is not a ``Workload``, cannot be imported (chained to the
+            import error), or does not take ``params`` (the message lists those it takes).
+        TypeError, ValueError: a parameter's value is refused by the workload itself.
 
     Complexity: O(1) after the first lookup of ``name`` (entry points are read once).
     """

@@ -5,9 +5,9 @@ allocating its memory, and that a freed object is usually returned in a state th
 wants anyway: a zeroed buffer, an initialised lock, a header already filled in. An object cache
 therefore runs the constructor once per object, when the memory for it is first set up, and
 hands the same constructed objects out again and again; the destructor runs only when memory is
-reclaimed. :meth:`SlabAllocator.cache <pyslab.SlabAllocator.cache>` creates one::
+reclaimed. :class:`ObjectCache` creates one on an allocator::
 
-    conns = pyslab.ObjectCache(alloc, Connection, ctor=init_connection, dtor=close_connection, name="conn")
+    conns = pyslab.ObjectCache(alloc, Connection, init_connection, close_connection, "conn")
     c = conns.alloc()        # constructed: init_connection ran when its slab was built
     ...                      # use it, then put it back in its constructed state
     conns.free(c)            # no destructor: the object stays constructed for the next alloc
@@ -130,8 +130,9 @@ class _CacheSlab(Generic[CT]):
 class ObjectCache(Generic[CT]):
     """A cache of constructed objects of one ctypes type, in slabs of its own.
 
-    Create it with :meth:`SlabAllocator.cache <pyslab.SlabAllocator.cache>`, which calls this
-    constructor; the cache then appears under its name in the allocator's ``stats().caches``.
+    The cache then appears under its name in the allocator's ``stats().caches``, and the
+    allocator's ``shrink()`` and ``close()`` reap it (it is registered with the allocator's
+    :class:`CacheRegistry` client).
 
     Args:
         allocator: where the cache's slabs come from.

@@ -1,17 +1,17 @@
 """Typed object slabs: a fixed number of slots of one ctypes type, addressed by index.
 
-:class:`Slab` is the seed's ``Slab<T, N>`` (``../shared/seeds/slab-blog-post.txt``) on real
-memory: ``capacity`` slots of one ctypes type laid out contiguously, as a C array, in memory that
-C code can read and write. It is for storage addressed by a small integer handle whose size is
-known up front: packet buffers, sensor readings, descriptor tables, the records a C library keeps
-pointers into. It is not a growable container (it never reallocates, so an index and the address
+:class:`Slab` is the typed, fixed-capacity ``Slab<T, N>`` that Rust programs write over an
+array of ``Option<T>`` with a stack of free indices, on real memory: ``capacity`` slots of one
+ctypes type laid out contiguously, as a C array, in memory that C code can read and write. It
+is for storage addressed by a small integer handle whose size is known up front: packet
+buffers, sensor readings, descriptor tables, the records a C library keeps pointers into. It is not a growable container (it never reallocates, so an index and the address
 of its slot stay valid while the slab is open) and not a cache of constructed objects (that is
 :class:`pyslab.ObjectCache`).
 
-Semantics, against the seed
----------------------------
+Semantics, against Rust's ``Slab<T, N>``
+---------------------------------------
 =========================  ==================================  ===================================
-operation                  the seed (Rust)                     pyslab
+operation                  ``Slab<T, N>`` (Rust)               pyslab
 =========================  ==================================  ===================================
 ``new()`` / constructor    ``N`` slots of ``Option<T>``        ``Slab(ctype, capacity, *,
                                                                allocator=None)``: ``capacity``
@@ -33,7 +33,7 @@ sharing                    ``RefCell``: one thread, a second   a lock: safe from
                            borrow panics                       re-entrant calls (finalizers) work
 =========================  ==================================  ===================================
 
-Beyond the seed: :meth:`Slab.view` (the live ctypes object in place, no copy, for zero-copy use
+Beyond the Rust type: :meth:`Slab.view` (the live ctypes object in place, no copy, for zero-copy use
 with C), ``len``, :attr:`~Slab.capacity`, :attr:`~Slab.is_full`, ``index in slab`` (occupied),
 iteration over ``(index, value)`` of occupied slots, :meth:`~Slab.clear`, :meth:`~Slab.close`,
 and :meth:`~Slab.validate`, which checks the invariants below.
@@ -62,7 +62,7 @@ taken, so the locked region is a few list and bytearray operations and one ``mem
 Implementation
 --------------
 Occupancy lives beside the slots, not in them (a slot may be smaller than a pointer): a
-``bytearray`` of flags and a Python list used as the seed's free-index stack. Invariants, checked
+``bytearray`` of flags and a Python list used as the free-index stack. Invariants, checked
 by :meth:`Slab.validate`:
 
 1. ``len(free) + len(slab) == capacity``.
@@ -208,7 +208,7 @@ class Slab(Generic[CT]):
         self._compound: Final = issubclass(ctype, _COMPOUND)
         # None once closed.
         self._array: ctypes.Array[CT] | None = array
-        # The seed's free_list: a stack of free indices, popped from the end; (0..N).rev().
+        # The free-index stack of Slab<T, N>: free indices, popped from the end; (0..N).rev().
         self._free: list[int] = list(range(capacity - 1, -1, -1))
         # occupied[i] is 1 exactly when slot i holds a value.
         self._occupied = bytearray(capacity)
@@ -219,7 +219,7 @@ class Slab(Generic[CT]):
         self._lock = threading.RLock()
         protect_across_fork(self)
 
-    # --- the seed's operations -------------------------------------------------------------
+    # --- the operations of Slab<T, N> ------------------------------------------------------
 
     def insert(self, value: CT | Convertible) -> int | None:
         """Store ``value`` in a free slot and return its index; ``None`` when the slab is full.
@@ -286,7 +286,7 @@ class Slab(Generic[CT]):
         with self._lock:
             return self._copy(index, "get")
 
-    # --- beyond the seed ---------------------------------------------------------------------
+    # --- beyond Slab<T, N> -----------------------------------------------------------------
 
     def view(self, index: int) -> CT | None:
         """The live ctypes object in slot ``index``, sharing its memory; ``None`` when empty.

@@ -1,4 +1,4 @@
-"""Watch policies diverge: heap maps of several configurations through one workload (issue 9).
+"""Watch policies diverge: heap maps of several configurations through one workload.
 
 :func:`record_frames` runs a :class:`~pyslab.lab.workload.Workload` once per configuration, each on
 a fresh :class:`~pyslab.SlabAllocator`, with the same ``ops`` and ``seed`` (so the same

@@ -271,7 +271,7 @@ def build_report(allocator: SlabAllocator) -> HeapReport:
 
 
 def _caches(stats: object) -> tuple[dict[str, object], ...]:
-    """``stats.caches`` as plain data, if the allocator has object caches (issue 5).
+    """``stats.caches`` as plain data, if the allocator has object caches.
 
     Read by name, not by type, so that the report does not depend on the cache module."""
     found = getattr(stats, "caches", None) or ()

@@ -1,11 +1,11 @@
-"""Pictures of the heap, as data: a frozen snapshot of every slab and every slot (issue 9).
+"""Pictures of the heap, as data: a frozen snapshot of every slab and every slot.
 
-:meth:`SlabAllocator.heap_map() <pyslab.SlabAllocator.heap_map>` returns a :class:`HeapMap`:
+:func:`heap_map` returns a :class:`HeapMap`:
 every size class, every slab of it, and for each slab the state of each slot and the order of
 its free list, read from the next pointers stored in the free slots themselves (the same words
 C code reads through :class:`pyslab.FreeNode`). A snapshot is plain immutable data: it can be
-kept, compared, printed (``print(pyslab.observe.heap_map(alloc))`` draws the seed's diagram as text, a line per
-slab) or drawn with :func:`pyslab.observe.render_map`.
+kept, compared, printed (``print(heap_map(alloc))`` draws it as text, a line per slab) or
+drawn with :func:`pyslab.observe.render_map`.
 
 Every slot of a slab is exactly one of (invariant 4 of the package docstring):
 
@@ -13,8 +13,8 @@ Every slot of a slab is exactly one of (invariant 4 of the package docstring):
 - :attr:`SlotState.FREE`: freed before and linked on the slab's intrusive free list;
 - :attr:`SlotState.UNCARVED`: never handed out yet, past the slab's bump pointer.
 
-Free slots are the last two together. :func:`capture` reads the live slab objects, so it must run
-under the allocator's lock; ``heap_map()`` takes it.
+Free slots are the last two together. The snapshot reads the live slab objects, so
+:func:`heap_map` takes it with the heap held still (``SlabAllocator.inspect``).
 """
 
 from __future__ import annotations
@@ -315,9 +315,9 @@ def _capture(
 
     ``slabs_made`` is the allocator's count of slabs made (:attr:`HeapMap.slabs_made`).
     Slot states come from each slab's live bitmap and bump pointer, the free-list order from the
-    next pointers stored in the free slots (:meth:`MemorySlab.free_list`). Every node is checked
-    to be a free carved slot of its slab before its own next pointer is read, so a corrupted
-    list is reported, never followed out of the slab.
+    next pointers stored in the free slots (:meth:`MemorySlab.checked_free_list`). Every node
+    is checked to be a free carved slot of its slab before its own next pointer is read, so a
+    corrupted list is reported, never followed out of the slab.
 
     Raises:
         CorruptionError: a slab's bitmap, ``used`` count or free list disagree (the message
@@ -350,21 +350,10 @@ def _capture_slab(slab: MemorySlab, current: bool) -> SlabMap:
             f"{slab!r}: used is {slab.used}, the live bitmap has {slab.live.bit_count()} bits "
             f"of which {live} mark carved slots"
         )
-    order: list[int] = []
-    seen: set[int] = set()
-    for node in slab.free_list():
-        # Checked before the generator reads this node's next pointer.
-        index, misalignment = divmod(node - slab.first, size)
-        if misalignment or not 0 <= index < carved or flags[index] == "1" or index in seen:
-            raise CorruptionError(
-                f"{slab!r}: free-list node {node:#x} is not a free carved slot, or repeats"
-            )
-        seen.add(index)
-        order.append(index)
-    if len(order) + live != carved:
-        raise CorruptionError(
-            f"{slab!r}: {len(order)} free-list nodes + {live} live != {carved} carved slots"
-        )
+    # Each node is checked (a free carved slot start, not seen before) before its next pointer
+    # is read, and the list must hold all carved - live free slots: so the "0" flags are
+    # exactly the slots of ``order``.
+    order = [(node - slab.first) // size for node in slab.checked_free_list()]
     states = tuple(map(_CARVED_STATE.__getitem__, flags)) + (_UNCARVED,) * (slab.capacity - carved)
     return SlabMap(
         serial=slab.serial, slot_size=size, base=slab.base, first=slab.first,

@@ -1,4 +1,4 @@
-"""Pictures of the heap: draw a :class:`~pyslab.observe.HeapMap` as an image with matplotlib (issue 9).
+"""Pictures of the heap: draw a :class:`~pyslab.observe.HeapMap` as an image with matplotlib.
 
 :func:`render_map` draws one snapshot: a panel per size class, a row per slab (oldest at the
 top), a cell per slot, coloured by what the slot holds (live, free on the free list, never

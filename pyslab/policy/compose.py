@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from pyslab.errors import PolicyError
 
 from .interface import BlockOperations, Policy
+from .registry import DEFAULT_POLICY
+from .validation import check_composition
 
 if TYPE_CHECKING:
     from pyslab.core.pages import PageSource
@@ -76,15 +78,21 @@ class ResolvedPolicy:
 
 
 def resolve(policies: Sequence[Policy]) -> ResolvedPolicy:
-    """Resolve the hooks of ``policies`` (the first provides every decision) once.
+    """Check ``policies`` and resolve their hooks (the first provides every decision) once.
+
+    The checks (:mod:`pyslab.policy.validation`) run here, when the composition is bound, and
+    never per call: no policy class appears twice, no public method looks like a misspelt hook,
+    and every overridden hook takes the parameters the core passes.
 
     Raises:
-        PolicyError: a policy appears twice, or the first leaves a decision unprovided.
+        PolicyError: two policies of one class (or one instance twice), a method named like a
+            hook that is none, a hook overridden with the wrong parameters, or no policy
+            provides a decision; the message names the policy.
 
-    Complexity: O(number of policies), paid once per ``SlabAllocator``/``set_policy``.
+    Complexity: O(number of policies * their public methods * hooks), paid once per
+    ``SlabAllocator``/``set_policy``.
     """
-    if len({id(p) for p in policies}) != len(policies):
-        raise PolicyError(f"a policy instance appears twice in {list(policies)!r}")
+    check_composition(policies, DEFAULT_POLICY)
     decisions: dict[str, Callable[..., object]] = {}
     for hook in _DECISIONS:
         providers = [p for p in policies if _overrides(p, hook)]

@@ -4,18 +4,84 @@ The policy registry (``pyslab.policies``) and the workload registry (``pyslab.wo
 are both instances of :class:`EntryPointRegistry`: entry points are read once per process, on
 first use, and each class is checked when it is loaded, with an error naming it when it is not
 of the expected base class.
+
+A plugin that cannot be loaded (its module raises on import, or its entry point names something
+that is not a ``base`` subclass) is reported, never hidden: :meth:`EntryPointRegistry.load`
+raises ``invalid`` naming the entry point, chained to the import error, and
+:meth:`EntryPointRegistry.entries` lists it with that error next to the plugins that work, so a
+listing survives one broken third-party package.
 """
 
 from __future__ import annotations
 
 import inspect
 import threading
+import warnings
+from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Generic, TypeVar
 
-__all__ = ["EntryPointRegistry"]
+from pyslab.errors import PyslabWarning
+
+__all__ = ["EntryPointRegistry", "PluginEntry", "describe_parameters"]
 
 P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One registered entry point: its description when it loads, the error when it does not.
+
+    Exactly one of ``description`` and ``error`` is None.
+    """
+
+    name: str
+    """The entry-point name, e.g. ``"reclaim"``."""
+    target: str
+    """What the entry point names, ``module:attribute``."""
+    description: str | None
+    """The plugin class's one-line ``description``; None when it is broken."""
+    error: Exception | None
+    """What loading it raised (an import error, or a TypeError when it names something that
+    is not a subclass of the registry's base); None when it loads."""
+
+    @property
+    def broken(self) -> bool:
+        """True when the entry point cannot be loaded."""
+        return self.error is not None
+
+    @property
+    def problem(self) -> str:
+        """The error as one line, ``Type: message`` (empty when it loads)."""
+        if self.error is None:
+            return ""
+        return " ".join(f"{type(self.error).__name__}: {self.error}".split())
+
+
+def describe_parameters(cls: type) -> str:
+    """The parameters ``cls(...)`` takes by name, as ``keep=1, batch=None`` ("" for none).
+
+    Complexity: O(parameters).
+    """
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):  # a class inspect cannot read: say nothing
+        return ""
+    shown = []
+    for parameter in signature.parameters.values():
+        if parameter.kind is parameter.VAR_KEYWORD:
+            shown.append(f"**{parameter.name}")
+        elif parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY):
+            default = parameter.default
+            shown.append(
+                parameter.name if default is parameter.empty else f"{parameter.name}={default!r}"
+            )
+    return ", ".join(shown)
+
+
+def _takes(cls: type) -> str:
+    parameters = describe_parameters(cls)
+    return f"it takes: {parameters}" if parameters else "it takes no parameters"
 
 
 class EntryPointRegistry(Generic[P]):
@@ -42,6 +108,8 @@ class EntryPointRegistry(Generic[P]):
     ) -> None:
         self.group = group
         self._base = base
+        # The base as its layer exports it: pyslab.policy.Policy, pyslab.lab.Workload.
+        self._base_path = f"{base.__module__.rpartition('.')[0]}.{base.__qualname__}"
         self._kind = kind
         self._kinds = kinds
         self._unknown = unknown
@@ -60,46 +128,131 @@ class EntryPointRegistry(Generic[P]):
     def load(self, name: str) -> type[P]:
         """The class registered as ``name``.
 
+        A failed load is not remembered: the next call tries again.
+
         Raises:
             ``unknown``: no plugin has that name (the message lists the known ones).
-            ``invalid``: the entry point does not load a ``base`` subclass.
+            ``invalid``: the entry point cannot be imported (chained to what importing it
+                raised, any Exception), or does not load a ``base`` subclass.
+
+        Complexity: O(1) once loaded; the first call imports the plugin's module.
         """
         cls = self._classes.get(name)
         if cls is not None:
             return cls
-        known = self.names()
-        assert self._entry_points is not None
-        if name not in self._entry_points:
-            listed = ", ".join(known) or "none (is pyslab-alloc installed?)"
-            raise self._unknown(f"unknown {self._kind} {name!r}; known {self._kinds}: {listed}")
-        entry = self._entry_points[name]
-        loaded = entry.load()
-        if not (isinstance(loaded, type) and issubclass(loaded, self._base)):
+        entry = self._entry(name)
+        try:
+            loaded = self._load(entry)
+        except Exception as error:
             raise self._invalid(
-                f"entry point {name!r} ({entry.value}) is not a "
-                f"pyslab.{self._base.__name__} subclass"
-            )
-        self._classes[name] = loaded
+                f"{self._kind} entry point {name!r} ({entry.value}) cannot be loaded: "
+                f"{type(error).__name__}: {error}"
+            ) from error
+        if isinstance(loaded, TypeError):
+            raise self._invalid(
+                f"entry point {name!r} ({entry.value}) is not a {self._base_path} subclass"
+            ) from loaded
         return loaded
 
+    def entries(self) -> list[PluginEntry]:
+        """Every registered entry point, sorted by name, each with its description or with
+        the error loading it raised: one broken plugin does not hide the others.
+
+        Never raises for a plugin that fails to load: any Exception its import raises is
+        caught and listed.
+
+        Complexity: O(plugins); imports each plugin's module the first time.
+        """
+        listed = []
+        for name in self.names():
+            entry = self._entry(name)
+            loaded: type[P] | Exception
+            try:
+                loaded = self._classes.get(name) or self._load(entry)
+            except Exception as error:
+                loaded = error
+            if isinstance(loaded, Exception):
+                listed.append(PluginEntry(name, entry.value, None, loaded))
+            else:
+                description = str(getattr(loaded, "description", ""))
+                listed.append(PluginEntry(name, entry.value, description, None))
+        return listed
+
     def descriptions(self) -> dict[str, str]:
-        """Every registered name with its one-line description (the class attribute
-        ``description``), sorted by name."""
-        return {name: str(getattr(self.load(name), "description", "")) for name in self.names()}
+        """Every plugin that loads with its one-line description (the class attribute
+        ``description``), sorted by name.
+
+        A plugin that fails to load is left out, with a :class:`~pyslab.PyslabWarning`
+        naming it and its error (:meth:`entries` lists it; :meth:`load` raises for it).
+
+        Complexity: O(plugins); imports each plugin's module the first time.
+        """
+        described = {}
+        for entry in self.entries():
+            if entry.description is None:
+                warnings.warn(
+                    f"{self._kind} plugin {entry.name!r} ({entry.target}) is left out: "
+                    f"{entry.problem}",
+                    PyslabWarning,
+                    stacklevel=3,
+                )
+            else:
+                described[entry.name] = entry.description
+        return described
 
     def make(self, name: str, params: dict[str, object]) -> P:
         """A fresh instance of the plugin ``name`` built with ``params``.
 
         Raises:
             ``unknown``, ``invalid``: as :meth:`load`; ``invalid`` also when the plugin takes
-                no parameter of such a name.
+                no parameter of such a name (the message lists those it takes), or lacks one
+                it needs.
             TypeError, ValueError: a parameter's value is refused by the plugin itself.
+
+        Complexity: O(parameters), plus the plugin's constructor.
         """
         cls = self.load(name)
         try:
-            inspect.signature(cls).bind(**params)
+            signature = inspect.signature(cls)
+        except (TypeError, ValueError):  # not introspectable: let the constructor decide
+            return cls(**params)
+        try:
+            signature.bind(**params)
         except TypeError as exc:
-            raise self._invalid(
-                f"{self._kind} {name!r} does not take {params!r}: {exc}"
-            ) from None
+            accepted = {
+                p.name
+                for p in signature.parameters.values()
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            }
+            any_name = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+            unknown = [] if any_name else [key for key in params if key not in accepted]
+            if unknown:
+                listed = ", ".join(map(repr, unknown))
+                plural = "s" if len(unknown) > 1 else ""
+                problem = f"does not take parameter{plural} {listed}"
+            else:
+                problem = f"cannot be built with {params!r}: {exc}"
+            raise self._invalid(f"{self._kind} {name!r} {problem}; {_takes(cls)}") from None
         return cls(**params)
+
+    def _entry(self, name: str) -> EntryPoint:
+        """The entry point ``name``. Raises: ``unknown``."""
+        known = self.names()
+        assert self._entry_points is not None
+        entry = self._entry_points.get(name)
+        if entry is None:
+            listed = ", ".join(known) or "none (is pyslab-alloc installed?)"
+            raise self._unknown(f"unknown {self._kind} {name!r}; known {self._kinds}: {listed}")
+        return entry
+
+    def _load(self, entry: EntryPoint) -> type[P] | TypeError:
+        """Import ``entry`` and cache its class; a TypeError (returned, not raised) when it
+        names anything but a ``base`` subclass.
+
+        Raises: whatever importing it raises.
+        """
+        loaded = entry.load()
+        if not (isinstance(loaded, type) and issubclass(loaded, self._base)):
+            return TypeError(f"{entry.value} is not a {self._base_path} subclass")
+        self._classes[entry.name] = loaded
+        return loaded

@@ -27,7 +27,20 @@ below and returns its own; the allocator's public methods become the outermost l
 ``block_allocated`` and ``block_freed`` (every allocation and free of a slab block);
 ``flush`` (give back every block the policy holds: ``close``, ``shrink``), ``check`` (verify
 the policy's own invariants: ``validate``) and ``cached_blocks`` (blocks held per slot size,
-for ``stats``).
+for ``stats``). One query is asked only by ``set_policy``: :meth:`Policy.exclusive_blocks`
+(blocks the policy's front end handed out that no other layer can take back; while there are
+any, the policy cannot be replaced or removed).
+
+What is checked when a composition is bound (by :func:`~pyslab.policy.resolve`, once, when the
+allocator is built or its policy set; never per call), each refused with a
+:class:`~pyslab.errors.PolicyError` naming the policy: no policy class appears twice; no public
+method of a policy has a name close to a hook's without being one (``keep_emtpy``,
+``select_slabs``: the message lists the hooks); every overridden hook accepts the positional
+arguments the core passes (extra parameters need defaults); the decisions are all provided.
+The allocator itself refuses, where it uses them, a ``select_slab`` answer that is not a slab of
+the class in that class with a free slot, a bad ``slab_color``, a policy instance bound to
+another allocator, and a ``set_policy`` that would drop a policy whose
+:meth:`~Policy.exclusive_blocks` is not 0.
 
 Hooks are resolved once, when the allocator is built or its policy set: a notification that no
 policy overrides costs nothing, and the per-block hooks switch the allocator to its observed
@@ -200,6 +213,18 @@ class Policy:
     def cached_blocks(self) -> Mapping[int, int]:
         """Blocks the policy holds, which the heap counts as used: slot size -> count."""
         return {}
+
+    def exclusive_blocks(self) -> int:
+        """Live blocks handed out through this policy's front end that only it can take back.
+
+        Their addresses mean nothing to the layers below (``debug``'s lie past a red zone), so
+        ``set_policy`` refuses to replace or remove the policy while this is above 0: the blocks
+        would become unfreeable. Asked under the lock, by ``set_policy`` only; the default is
+        0 (a policy whose blocks any layer below can free, or that hands out none).
+
+        Complexity: should be O(1).
+        """
+        return 0
 
     # --- notifications ---------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Reliability and security suite of issue 8: stress, re-entrancy, fork, faults, misuse, fuzzing.
+"""Reliability and security suite: stress, re-entrancy, fork, faults, misuse, fuzzing.
 
 Reusable drivers live in plain modules (``stress``, ``faults``, ``misuse``, ``hooks``) so that a
 long run is one ``python -m tests.reliability.<module>`` away; the ``test_*`` modules run bounded

@@ -125,7 +125,8 @@ class FailingLargeObjects:
 
 
 class FailingPageSource:
-    """A :class:`~pyslab.core.PageSource` around :class:`~pyslab.core.MmapPageSource` that fails on demand.
+    """A :class:`~pyslab.core.PageSource` around :class:`~pyslab.core.MmapPageSource` that fails
+    on demand.
 
     ``slabs`` picks the ``map_slab`` requests that fail; ``large``, when given, the large-object
     requests (the source then offers ``large_objects()``, which the allocator uses for every

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 
 import pyslab
+from pyslab.interop.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC, CFunctionError
 from tests.reliability.faults import FailingPageSource, Injection
 from tests.support import CONFIGURATIONS, block_intact, fill_block
-
-from pyslab.interop.cabi import CALLOC_FUNC, FREE_FUNC, MALLOC_FUNC, REALLOC_FUNC, CFunctionError
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
