@@ -32,7 +32,9 @@ def test_a_non_policy_is_a_type_error() -> None:
         ("dict-lookup", "dict-lookup"),
         ("dict-lookup+reclaim", "dict-lookup+reclaim"),
         (("dict-lookup", "reclaim"), "dict-lookup+reclaim"),
-        ([pyslab.make_policy("reclaim", keep=3)], "reclaim"),
+        ([pyslab.make_policy("reclaim", keep=3)], "reclaim(keep=3)"),
+        ("dict-lookup+reclaim( keep = 4 )", "dict-lookup+reclaim(keep=4)"),
+        ("thread-cache(magazine=16)+dict-lookup", "thread-cache(magazine=16)+dict-lookup"),
     ],
 )
 def test_specs_compose(spec: pyslab.PolicySpec, name: str) -> None:

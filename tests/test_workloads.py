@@ -194,11 +194,11 @@ def test_the_measured_heap_rejects_blocks_that_are_not_live() -> None:
 def test_a_run_takes_policy_instances_and_names_their_composition() -> None:
     reclaim = pyslab.make_policy("reclaim", keep=0)
     first = pyslab.lab.run_workload("ramp", [pyslab.make_policy("dict-lookup"), reclaim], ops=2000)
-    assert first.configuration == "dict-lookup+reclaim"
+    assert first.configuration == "dict-lookup+reclaim(keep=0)"
     assert first.final_mapped_bytes == 0  # keep=0: every empty slab goes back
     # Released by the first run's close.
     again = pyslab.lab.run_workload("ramp", [reclaim], ops=2000)
-    assert again.final_mapped_bytes == 0 and again.configuration == "reclaim"
+    assert again.final_mapped_bytes == 0 and again.configuration == "reclaim(keep=0)"
 
 
 @pytest.mark.parametrize(("ops", "samples"), [(0, 10), (-1, 10), (10, 0), (2.5, 10)])

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
+from typing import TextIO
 
 import pyslab
 
@@ -44,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``pyslab`` with ``argv`` (default: ``sys.argv[1:]``); return the exit status.
 
     Never raises for a usage error or a failure: the message goes to stderr and the status
-    says which (0, 1, 2, or 130 on Ctrl-C).
+    says which (0, 1, 2, or 130 on Ctrl-C). A :class:`~pyslab.PyslabWarning` (a plugin left out
+    because it fails to load) is one ``pyslab COMMAND: warning: ...`` line on stderr.
     """
     parser = build_parser()
     try:
@@ -53,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _status(exit_.code)
     name = f"pyslab {args.command}"
     try:
-        status: int = args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _warning_line(name, warnings.showwarning)
+            status: int = args.run(args)
     except UsageError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return 2
@@ -64,6 +69,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _warning_line(name: str, default: Callable[..., None]) -> Callable[..., None]:
+    """Show a PyslabWarning as ``NAME: warning: MESSAGE``; any other as ``default`` does."""
+
+    def show(
+        message: Warning | str, category: type[Warning], filename: str, lineno: int,
+        file: TextIO | None = None, line: str | None = None,
+    ) -> None:
+        if issubclass(category, pyslab.PyslabWarning):
+            print(f"{name}: warning: {message}", file=file if file is not None else sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def _status(code: object) -> int:

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
 
 import pyslab
 import pyslab.lab
-from pyslab.policy.registry import parse_spec
+from pyslab.policy import parse_spec
 
 if TYPE_CHECKING:
     from pyslab.lab import RunResult
-    from pyslab.policy.entry_points import PluginEntry
+    from pyslab.policy import PluginEntry
 
 __all__ = [
     "DEFAULT_CONFIGURATIONS",

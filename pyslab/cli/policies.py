@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyslab.policy.registry import policy_entries
+from pyslab.policy import policy_entries
 
 from ._common import SPEC_HELP, Subparsers, print_entries
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyslab.lab.workload import workload_entries
+from pyslab.lab import workload_entries
 
 from ._common import Subparsers, print_entries
 

@@ -20,6 +20,7 @@ from .workload import (
     WorkloadError,
     WorkloadHeap,
     make_workload,
+    workload_entries,
     workloads,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "read_trace",
     "record_workload",
     "run_workload",
+    "workload_entries",
     "workloads",
     "write_trace",
 ]

@@ -30,8 +30,7 @@ from __future__ import annotations
 from typing import ClassVar, Final, Protocol, runtime_checkable
 
 from pyslab.errors import PyslabError
-from pyslab.policy import EntryPointRegistry
-from pyslab.policy.entry_points import PluginEntry
+from pyslab.policy import EntryPointRegistry, PluginEntry
 
 __all__ = [
     "GROUP",

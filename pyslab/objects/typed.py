@@ -4,8 +4,9 @@
 array of ``Option<T>`` with a stack of free indices, on real memory: ``capacity`` slots of one
 ctypes type laid out contiguously, as a C array, in memory that C code can read and write. It
 is for storage addressed by a small integer handle whose size is known up front: packet
-buffers, sensor readings, descriptor tables, the records a C library keeps pointers into. It is not a growable container (it never reallocates, so an index and the address
-of its slot stay valid while the slab is open) and not a cache of constructed objects (that is
+buffers, sensor readings, descriptor tables, the records a C library keeps pointers into. It
+is not a growable container (it never reallocates, so an index and the address of its slot
+stay valid while the slab is open) and not a cache of constructed objects (that is
 :class:`pyslab.ObjectCache`).
 
 Semantics, against Rust's ``Slab<T, N>``

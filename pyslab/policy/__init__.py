@@ -13,20 +13,33 @@ for the type checker only (the core imports this layer to bind policies). Nothin
 from __future__ import annotations
 
 from .compose import ResolvedPolicy, resolve
-from .entry_points import EntryPointRegistry
+from .entry_points import EntryPointRegistry, PluginEntry
 from .interface import BlockOperations, Heap, Policy
-from .registry import DEFAULT_POLICY, PolicySpec, make_policy, parse_policies, policies
+from .registry import (
+    DEFAULT_POLICY,
+    PolicyPart,
+    PolicySpec,
+    make_policy,
+    parse_policies,
+    parse_spec,
+    policies,
+    policy_entries,
+)
 
 __all__ = [
     "DEFAULT_POLICY",
     "BlockOperations",
     "EntryPointRegistry",
     "Heap",
+    "PluginEntry",
     "Policy",
+    "PolicyPart",
     "PolicySpec",
     "ResolvedPolicy",
     "make_policy",
     "parse_policies",
+    "parse_spec",
     "policies",
+    "policy_entries",
     "resolve",
 ]

@@ -67,8 +67,9 @@ class ResolvedPolicy:
 
     @property
     def name(self) -> str:
-        """The composition as ``a+b+c``, without the implicit ``first-fit`` base."""
-        names = [p.name for p in self.policies[1:]] or [self.policies[0].name]
+        """The composition as ``a+b+c``, without the implicit ``first-fit`` base; a policy made
+        with parameters shows them (``dict-lookup+reclaim(keep=4)``)."""
+        names = [p.spec for p in self.policies[1:]] or [self.policies[0].spec]
         return "+".join(names)
 
     @property

@@ -18,10 +18,12 @@ import inspect
 import threading
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from pyslab.errors import PyslabWarning
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
 
 __all__ = ["EntryPointRegistry", "PluginEntry", "describe_parameters"]
 
@@ -93,8 +95,8 @@ class EntryPointRegistry(Generic[P]):
         kind: the word for one plugin in messages ("policy", "workload").
         kinds: its plural ("policies", "workloads").
         unknown: the exception for an unregistered name (its message lists the known ones).
-        invalid: the exception for a plugin that is not a ``base`` subclass, or is given
-            parameters it does not take.
+        invalid: the exception for a plugin that cannot be imported, is not a ``base``
+            subclass, or is given parameters it does not take.
     """
 
     def __init__(
@@ -122,6 +124,10 @@ class EntryPointRegistry(Generic[P]):
         """Every registered name, sorted. Complexity: O(plugins); read once per process."""
         with self._lock:
             if self._entry_points is None:
+                # Imported on first use: importlib.metadata costs about 30 ms to import, which
+                # `import pyslab` would otherwise pay before any plugin is looked up.
+                from importlib.metadata import entry_points
+
                 self._entry_points = {ep.name: ep for ep in entry_points(group=self.group)}
             return sorted(self._entry_points)
 

@@ -37,9 +37,9 @@ allocator is built or its policy set; never per call), each refused with a
 method of a policy has a name close to a hook's without being one (``keep_emtpy``,
 ``select_slabs``: the message lists the hooks); every overridden hook accepts the positional
 arguments the core passes (extra parameters need defaults); the decisions are all provided.
-The allocator itself refuses, where it uses them, a ``select_slab`` answer that is not a slab of
-the class in that class with a free slot, a bad ``slab_color``, a policy instance bound to
-another allocator, and a ``set_policy`` that would drop a policy whose
+The allocator itself refuses, where it uses them, a ``select_slab`` answer other than None or
+a slab listed in its class with a free slot, a bad ``slab_color``, a policy instance bound to
+another allocator, and a ``set_policy`` that would unbind or rebind a policy whose
 :meth:`~Policy.exclusive_blocks` is not 0.
 
 Hooks are resolved once, when the allocator is built or its policy set: a notification that no
@@ -139,6 +139,15 @@ class Policy:
 
     name: ClassVar[str] = "policy"
     description: ClassVar[str] = ""
+
+    _spec: str | None = None  # set by make_policy when it passes parameters
+
+    @property
+    def spec(self) -> str:
+        """The policy as a spec string names it: ``name`` with the parameters it was made with
+        (``reclaim(keep=4)``, from :func:`~pyslab.policy.make_policy` or a spec), else ``name``.
+        """
+        return self._spec or self.name
 
     def bind(self, heap: Heap) -> None:
         """Attach to an allocator. Called once, before any other hook, under the lock.

@@ -119,7 +119,11 @@ def make_policy(name: str, /, **params: object) -> Policy:
     Complexity: O(parameters) plus the policy's constructor; the first use of a name imports
     its module.
     """
-    return _REGISTRY.make(name, params)
+    policy = _REGISTRY.make(name, params)
+    if params:
+        listed = ", ".join(f"{key}={value!r}" for key, value in params.items())
+        policy._spec = f"{name}({listed})"
+    return policy
 
 
 def parse_policies(spec: PolicySpec) -> list[Policy]:
@@ -164,9 +168,9 @@ class PolicyPart:
 
     name: str
     """The registered name, e.g. ``"reclaim"``."""
-    params: Mapping[str, object] = field(default_factory=dict, hash=False)
+    params: Mapping[str, object] = field(hash=False)
     """The parameters, by name, as the literals of the spec read them."""
-    text: str = ""
+    text: str
     """The part as written, whitespace normalised: ``reclaim(keep=4)``."""
 
     def build(self) -> Policy:
@@ -331,7 +335,7 @@ def _parse_parameters(
     params: dict[str, object] = {}
     shown = []
     for keyword in call.keywords:
-        value_text = " ".join(written(keyword.value).split())
+        value_text = written(keyword.value)  # exactly as written: a string keeps its spaces
         if keyword.arg is None:
             raise PolicyError(
                 f"policy spec {spec!r}: **{value_text} is given to {name!r}; " + by_name

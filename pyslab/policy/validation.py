@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from collections.abc import Callable, Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
 from pyslab.errors import PolicyError
 
 from .interface import Policy
 
-__all__ = ["HOOK_NAME_CUTOFF", "HOOKS", "check_composition", "check_policy"]
+__all__ = ["HOOKS", "HOOK_NAME_CUTOFF", "check_composition", "check_policy"]
 
 HOOKS: Final[tuple[str, ...]] = tuple(
     name for name, value in vars(Policy).items()
@@ -46,6 +47,9 @@ _POSITIONAL: Final = (
     inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD
 )
 _NORMALIZED: Final = {name.replace("_", "").lower(): name for name in HOOKS}
+_PASSED: Final[weakref.WeakSet[type[Policy]]] = weakref.WeakSet()
+"""Policy classes whose methods passed: a class is checked once per process, its instances'
+own attributes (which may shadow a hook) at every binding."""
 
 
 def _hook_arity() -> dict[str, tuple[int, str]]:
@@ -124,12 +128,9 @@ def _check_names(policy: Policy) -> None:
             )
 
 
-def _check_signatures(policy: Policy) -> None:
-    cls = type(policy)
-    own = getattr(policy, "__dict__", {})  # instance attributes shadow the class's hooks
-    for hook, (count, expected) in _ARITY.items():
-        if getattr(cls, hook) is getattr(Policy, hook) and hook not in own:
-            continue
+def _check_signatures(policy: Policy, hooks: Iterable[str]) -> None:
+    for hook in hooks:
+        count, expected = _ARITY[hook]
         method: Callable[..., object] = getattr(policy, hook)
         if not callable(method):
             raise PolicyError(
@@ -156,10 +157,20 @@ def check_policy(policy: Policy) -> None:
             parameters the core cannot call it with (the message names the policy, the method
             and, as the case may be, the hooks that exist or both signatures).
 
-    Complexity: O(public methods * hooks) string comparisons, once per binding.
+    Complexity: O(public methods * hooks) string comparisons and O(hooks) signatures, the
+    first time a class is bound; then O(hooks) per binding (attributes of the instance that
+    shadow a hook are checked each time).
     """
-    _check_names(policy)
-    _check_signatures(policy)
+    cls = type(policy)
+    own = getattr(policy, "__dict__", {})
+    if cls not in _PASSED:
+        _check_names(policy)
+        _check_signatures(
+            policy, [h for h in HOOKS if getattr(cls, h) is not getattr(Policy, h) or h in own]
+        )
+        _PASSED.add(cls)
+    elif own:
+        _check_signatures(policy, [h for h in HOOKS if h in own])
 
 
 def check_composition(policies: Sequence[Policy], default: str) -> None:
