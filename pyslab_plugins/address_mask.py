@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TypeGuard
 
 from pyslab import CorruptionError, Policy
-from pyslab.core import ArenaPageSource, MemorySlab, PageSource, SizeClass
+from pyslab.core import ArenaPageSource, MemorySlab, PageSource, SizeClass, SlabIndex
 from pyslab.policy import Heap
 
 
@@ -37,8 +37,9 @@ class AddressMask(Policy):
     The page source should expose ``region -> (start, end)`` holding every slab (an
     ``ArenaPageSource`` does). Bound to another source (``set_policy`` on an allocator built on
     ``mmap``, or an explicit ``page_source=``), it still works: slabs outside the region are
-    kept in a dict keyed by base, consulted only for addresses outside the region, so it then
-    costs what ``dict-lookup`` costs. ``slabs_outside`` says how many there are.
+    kept in a :class:`~pyslab.core.SlabIndex` (a dict keyed by base), consulted only for
+    addresses outside the region, so it then costs what ``dict-lookup`` costs.
+    ``slabs_outside`` says how many there are.
 
     Args:
         region: bytes of address space to reserve for slabs (default 1 GiB).
@@ -67,9 +68,11 @@ class AddressMask(Policy):
         region = getattr(heap.page_source, "region", None)
         slab_size = heap.slab_size
         start, end = region if _is_region(region) else (0, 0)
-        self._mask = ~(slab_size - 1)
         # Slabs outside the region, by base: empty while the source is the region's arena.
-        self._outside: dict[int, MemorySlab] = {}
+        # find_owner probes its dict itself (no call layer); it is updated in place.
+        self._outside = SlabIndex(slab_size)
+        self._outside_by_base = self._outside.by_base
+        self._mask = self._outside.mask
         self._shift = slab_size.bit_length() - 1
         self._origin = start & ~(slab_size - 1)
         self._start = start
@@ -88,7 +91,7 @@ class AddressMask(Policy):
             self._table[(slab.base - self._origin) >> self._shift] = slab
             self._entries += 1
         else:
-            self._outside[slab.base] = slab
+            self._outside.add(slab)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Clear the slab's entry. Complexity: O(1)."""
@@ -96,7 +99,7 @@ class AddressMask(Policy):
             self._table[(slab.base - self._origin) >> self._shift] = None
             self._entries -= 1
         else:
-            del self._outside[slab.base]
+            self._outside.remove(slab)
 
     def find_owner(self, address: int) -> MemorySlab | None:
         """The slab holding ``address``, or None (outside the region, or no slab there).
@@ -107,7 +110,7 @@ class AddressMask(Policy):
         # [_start, _end), the index is within the table, which covers [_origin, _end).
         if self._start <= address < self._end:
             return self._table[(address - self._origin) >> self._shift]
-        outside = self._outside
+        outside = self._outside_by_base
         return outside.get(address & self._mask) if outside else None
 
     def check(self) -> None:
@@ -124,7 +127,7 @@ class AddressMask(Policy):
             if self._in_region(slab):
                 entry = self._table[(slab.base - self._origin) >> self._shift]
             else:
-                entry = self._outside.get(slab.base)
+                entry = self._outside.owner(slab.base)
             if entry is not slab:
                 raise CorruptionError(f"address-mask has {entry!r} where {slab!r} lies")
         if self._entries + len(self._outside) != len(slabs):
@@ -142,7 +145,7 @@ class AddressMask(Policy):
         """Drop the table."""
         self._table = []
         self._start = self._end = 0
-        self._outside = {}
+        self._outside.clear()
 
 
 def _is_region(value: object) -> TypeGuard[tuple[int, int]]:

@@ -100,12 +100,22 @@ import traceback
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Final, SupportsIndex, TypeAlias
 
 from pyslab import CorruptionError, DoubleFreeError, InvalidFreeError, Policy, PyslabWarning
-from pyslab.core import MemorySlab, SizeClass
+from pyslab.core import (
+    BYTES,
+    WORD_SHIFT,
+    WORD_SIZE,
+    WORDS,
+    FreeListCorruptionError,
+    MemorySlab,
+    SizeClass,
+    SlabIndex,
+)
 from pyslab.policy import BlockOperations, Heap
 
 __all__ = ["POISON_BYTE", "REDZONE_BYTE", "Debug", "QuarantinedBlock"]
@@ -115,19 +125,10 @@ POISON_BYTE: Final = 0xDD
 REDZONE_BYTE: Final = 0xFD
 """Fills red zones (CPython's ``PYMEM_FORBIDDENBYTE``)."""
 
-WORD: Final = ctypes.sizeof(ctypes.c_void_p)
-_SHIFT: Final = WORD.bit_length() - 1
 _DEAD: Final = bytes([POISON_BYTE])
 _FORBIDDEN: Final = bytes([REDZONE_BYTE])
 _REMEMBERED_LARGE: Final = 4096
 """Freed large debug blocks remembered to call a second free a double free (as the core)."""
-
-# A view of the whole address space, as pyslab's core keeps one: indexing it reads or writes
-# memory without a ctypes call per access. It is only indexed at addresses proven to lie in a
-# slab this policy indexes (or in a block it handed out), never elsewhere.
-_SPAN: Final = 1 << (62 if sys.maxsize > 2**32 else 30)
-_BYTES: Final[memoryview[int]] = memoryview((ctypes.c_char * _SPAN).from_address(0)).cast("B")
-_WORDS: Final[memoryview[int]] = _BYTES.cast("P")
 
 Site: TypeAlias = "tuple[tuple[CodeType, int], ...]"
 """A recorded stack: (code object, line) per frame, innermost first."""
@@ -269,8 +270,13 @@ class Debug(Policy):
         """Start with no block; existing slabs are announced (and poisoned) by slab_added."""
         super().bind(heap)
         self._poisoning = self.poison
-        self._mask = ~(heap.slab_size - 1)
-        self._by_base: dict[int, MemorySlab] = {}
+        self._index = SlabIndex(heap.slab_size)
+        # The front end probes the index's dict itself on every call (no call layer); it is
+        # updated in place, so these references stay current. BYTES and WORDS (the core's view
+        # of the address space) are indexed only at addresses of a slab found here, or of a
+        # block this policy handed out.
+        self._by_base = self._index.by_base
+        self._mask = self._index.mask
         self._live: dict[int, _Live] = {}
         """Every live debug block: user address -> (slot start, requested size)."""
         self._sites: dict[int, Site] = {}
@@ -292,7 +298,7 @@ class Debug(Policy):
 
     def unbind(self) -> None:
         """Forget every block (see the module documentation on replacing the policy)."""
-        self._by_base = {}
+        self._index.clear()
         self._live = {}
         self._sites = {}
         self._freed = {}
@@ -301,7 +307,7 @@ class Debug(Policy):
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Index the slab; poison its free slots (all of a new slab). Complexity: O(slab)."""
-        self._by_base[slab.base] = slab
+        self._index.add(slab)
         if not self._poisoning:
             return
         slot = slab.slot_size
@@ -311,13 +317,13 @@ class Debug(Policy):
         # A slab of a live allocator: its free slots hold whatever was there. Walk its list as
         # far as it is sound (check() and the allocations report a corrupted one).
         for node in self._sound_free_list(slab):
-            ctypes.memset(node + WORD, POISON_BYTE, slot - WORD)
+            ctypes.memset(node + WORD_SIZE, POISON_BYTE, slot - WORD_SIZE)
         if slab.bump < slab.end:
             ctypes.memset(slab.bump, POISON_BYTE, slab.end - slab.bump)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Forget the slab and the blocks freed in it. Complexity: O(slots of the slab)."""
-        del self._by_base[slab.base]
+        self._index.remove(slab)
         freed, sites = self._freed, self._freed_sites
         if freed:
             for address in slab.slot_addresses():
@@ -371,13 +377,12 @@ class Debug(Policy):
             self._check_all()
 
     def _check_all(self) -> None:
-        slabs = {slab.base: slab for c in self.heap.size_classes for slab in c.slabs}
-        if slabs.keys() != self._by_base.keys():
-            raise CorruptionError("the debug policy's slab index disagrees with the heap's slabs")
-        for each in slabs.values():
-            self._check_slab(each)
+        self._index.check(self.heap.size_classes, "the debug policy's slab index")
+        for size_class in self.heap.size_classes:
+            for each in size_class.slabs:
+                self._check_slab(each)
         for user, (inner, size) in self._live.items():
-            slab = self._by_base.get(inner & self._mask)
+            slab = self._index.owner(inner)
             if slab is not None and not slab.is_live(inner):
                 raise CorruptionError(
                     f"the debug block at {user:#x} has its slot at {inner:#x} free in {slab!r}"
@@ -387,35 +392,29 @@ class Debug(Policy):
                 if message is not None:
                     raise CorruptionError(message + " (found by validate())")
         for block in self._quarantine.values():
-            holder = self._by_base.get(block.address & self._mask)
+            holder = self._index.owner(block.address)
             if block.in_slab and (holder is None or not holder.is_live(block.address)):
                 raise CorruptionError(f"the quarantined slot at {block.address:#x} is not held")
 
     def _check_slab(self, slab: MemorySlab) -> None:
+        """Walk ``slab``'s free list (each node checked before its next pointer is read) and
+        check the poison of every free slot. Lock held.
+
+        Raises:
+            CorruptionError: a free-list pointer that cannot be followed, or damaged poison.
+        """
         slot = slab.slot_size
-        previous: int | None = None
-        seen: set[int] = set()
-        for node in slab.free_list():
-            reason = self._not_a_free_slot(slab, node, previous)
-            if reason is None and node in seen:
-                reason = "a slot already in the list (a cycle)"
-            if reason is not None:
-                if previous is None:
-                    raise CorruptionError(f"{slab!r}: its free-list head {node:#x} is {reason}")
-                raise CorruptionError(
-                    f"corrupted free-list pointer in the free {slot}-byte slot at "
-                    f"{previous:#x} (offset 0) of {slab!r}: it holds {node:#x}, {reason}"
-                    + self._freed_note(previous)
-                )
-            seen.add(node)
-            if self._poisoning:
-                damage = self._poison_damage(node, slot)
-                if damage is not None:
-                    raise CorruptionError(damage + " (found by validate())")
-            previous = node
+        try:
+            for node in slab.checked_free_list():
+                if self._poisoning:
+                    damage = self._poison_damage(node, slot)
+                    if damage is not None:
+                        raise CorruptionError(damage + " (found by validate())")
+        except FreeListCorruptionError as error:
+            raise CorruptionError(self._free_list_report(error)) from None
         if self._poisoning and slab.bump < slab.end:
             # The uncarved tail: slots never handed out, poisoned when the slab was added.
-            tail = _BYTES[slab.bump : slab.end].tobytes()
+            tail = BYTES[slab.bump : slab.end].tobytes()
             if tail.count(_DEAD) != len(tail):
                 offset = next(i for i, b in enumerate(tail) if b != POISON_BYTE)
                 address = slab.bump + offset
@@ -476,49 +475,56 @@ class Debug(Policy):
 
     def _span(self, inner: int, user: int, size: int) -> int:
         """Bytes the block occupies from its slot start: its slot, or what a large one asked."""
-        slab = self._by_base.get(inner & self._mask)
+        slab = self._index.owner(inner)
         if slab is not None:
             return slab.slot_size
         return user - inner + size + (self.redzone_size if self.redzones else 0)
 
-    def _sound_free_list(self, slab: MemorySlab) -> list[int]:
-        """The free-list nodes of ``slab`` up to the first unsound pointer (not followed)."""
+    @staticmethod
+    def _sound_free_list(slab: MemorySlab) -> list[int]:
+        """The free-list nodes of ``slab`` up to the first unsound pointer (not followed).
+
+        Complexity: O(length of the list).
+        """
         nodes: list[int] = []
-        seen: set[int] = set()
-        for node in slab.free_list():
-            if self._not_a_free_slot(slab, node, None) is not None or node in seen:
-                break
-            seen.add(node)
-            nodes.append(node)
+        # The rest of a corrupted list cannot be trusted; check() and the allocations report it.
+        with suppress(FreeListCorruptionError):
+            for node in slab.checked_free_list():
+                nodes.append(node)
         return nodes
 
-    @staticmethod
-    def _not_a_free_slot(slab: MemorySlab, address: int, holder: int | None) -> str | None:
-        """Why ``address`` cannot be a free-list node of ``slab``, or None when it can."""
-        if not slab.first <= address < slab.end:
-            return f"outside the slots of the slab at {slab.base:#x}"
-        if address & (WORD - 1) or (address - slab.first) % slab.slot_size:
-            return "not at a slot start (misaligned)"
-        if address >= slab.bump:
-            return "a slot never handed out"
-        if address == holder:
-            return "the slot itself (a cycle)"
-        if slab.live >> ((address - slab.base) >> _SHIFT) & 1:
-            return "a live block"
-        return None
+    def _free_list_report(
+        self, error: FreeListCorruptionError, corrupted: int | None = None
+    ) -> str:
+        """The report of a free-list pointer that cannot be followed: the slot holding it (at
+        offset 0), its value, why, and what is known of the block freed in that slot.
+
+        ``corrupted`` is the address to give as an offset into that block (none when None).
+        A bad head is the slab's own field, not memory a block could write: the core's message
+        says it all.
+        """
+        holder = error.holder
+        if holder is None:
+            return str(error)
+        slab = error.slab
+        return (
+            f"corrupted free-list pointer in the free {slab.slot_size}-byte slot at {holder:#x} "
+            f"(offset 0) of {slab!r}: it holds {error.node:#x}, {error.reason}"
+            + self._freed_note(holder, corrupted)
+        )
 
     def _poison_damage(self, slot_start: int, slot: int) -> str | None:
         """The write-after-free report for a free slot whose poison is damaged, or None."""
-        data = _BYTES[slot_start + WORD : slot_start + slot].tobytes()
+        data = BYTES[slot_start + WORD_SIZE : slot_start + slot].tobytes()
         if data.count(_DEAD) == len(data):
             return None
         bad = _differences(data, 0, len(data), POISON_BYTE)
-        first = bad[0] + WORD
+        first = bad[0] + WORD_SIZE
         return (
             f"write after free in the free {slot}-byte slot at {slot_start:#x}: byte "
             f"{slot_start + first:#x} (offset {first} of the slot) is {data[bad[0]]:#04x}, not "
             f"the poison byte {POISON_BYTE:#04x} ({_bytes(len(bad))} damaged, the last at offset "
-            f"{bad[-1] + WORD})" + self._freed_note(slot_start, slot_start + first)
+            f"{bad[-1] + WORD_SIZE})" + self._freed_note(slot_start, slot_start + first)
         )
 
     def _freed_block(self, slot_start: int) -> _Freed | None:
@@ -551,7 +557,7 @@ class Debug(Policy):
 
     def _redzone_damage(self, user: int, inner: int, size: int, span: int) -> str | None:
         """The report of a damaged red zone of a live block, or None when both are intact."""
-        data = _BYTES[inner : inner + span].tobytes()
+        data = BYTES[inner : inner + span].tobytes()
         lead = user - inner
         end = lead + size
         if data.count(_FORBIDDEN, 0, lead) == lead and data.count(_FORBIDDEN, end) == span - end:
@@ -601,7 +607,7 @@ class Debug(Policy):
                 f"{freed_again}: the debug block there was quarantined when freed: "
                 f"{quarantined.reason}", ptr,
             )
-        slab = self._by_base.get(ptr & self._mask)
+        slab = self._index.owner(ptr)
         if slab is None:
             large = self._freed_large.get(ptr)
             if large is not None:
@@ -658,11 +664,11 @@ class Debug(Policy):
         slot = slab.slot_size
         others = [
             address for address in range(slab.first, slab.bump, slot)
-            if address != node and not slab.live >> ((address - slab.base) >> _SHIFT) & 1
+            if address != node and not slab.live >> ((address - slab.base) >> WORD_SHIFT) & 1
         ]
         chain = [node, *others]
         for address, following in zip(chain, [*others, 0], strict=True):
-            _WORDS[address >> _SHIFT] = following
+            WORDS[address >> WORD_SHIFT] = following
         size_class = slab.size_class
         size_class.current = slab  # the core pops the head of the current slab: node
         taken = self.heap.take_blocks(size_class, 1)
@@ -710,7 +716,7 @@ class _DebugOperations:
 
     # --- allocation ------------------------------------------------------------------------------
 
-    def alloc(self, size: int, align: int = WORD) -> int:
+    def alloc(self, size: int, align: int = WORD_SIZE) -> int:
         """Allocate ``size`` bytes between red zones, from a slot whose poison is intact.
 
         Raises:
@@ -744,13 +750,13 @@ class _DebugOperations:
             if slab is not None:
                 span = slab.slot_size
                 if self._poison:
-                    data = _BYTES[inner + WORD : inner + span].tobytes()
+                    data = BYTES[inner + WORD_SIZE : inner + span].tobytes()
                     if data.count(_DEAD) != len(data):
                         self._write_after_free(inner, span)
                 if policy._freed:
                     policy._forget_freed(inner)
                 if self._tail:
-                    _BYTES[inner : inner + span] = policy._redzone_pattern[:span]
+                    BYTES[inner : inner + span] = policy._redzone_pattern[:span]
             else:
                 # A large block (or one libc served a re-entrant call): only the zones.
                 if self._tail:
@@ -772,7 +778,7 @@ class _DebugOperations:
             raise ValueError(f"align must be a power of two, not {checked_align}")
         layout = self._layouts.get(checked_align)
         if layout is None:
-            below = max(checked_align, WORD)
+            below = max(checked_align, WORD_SIZE)
             lead = -(-self._tail // below) * below
             heap = self._policy.heap
             largest = heap.size_classes[-1].slot_size
@@ -807,15 +813,15 @@ class _DebugOperations:
         """
         node, first, slot, bump, live = slab.free, slab.first, slab.slot_size, slab.bump, slab.live
         if first <= node < bump and not (node - first) % slot and not (
-            live >> ((node - slab.base) >> _SHIFT) & 1
+            live >> ((node - slab.base) >> WORD_SHIFT) & 1
         ):
-            following = _WORDS[node >> _SHIFT]
+            following = WORDS[node >> WORD_SHIFT]
             if following:
                 if (
                     first <= following < bump
                     and not (following - first) % slot
                     and following != node
-                    and not live >> ((following - slab.base) >> _SHIFT) & 1
+                    and not live >> ((following - slab.base) >> WORD_SHIFT) & 1
                 ):
                     return
             elif (bump - first) // slot - slab.used == 1:
@@ -827,21 +833,15 @@ class _DebugOperations:
         the slot that holds a corrupted pointer)."""
         policy = self._policy
         node = slab.free
-        problem = policy._not_a_free_slot(slab, node, None)
+        problem = slab.free_list_fault(node)
         if problem is not None:
-            raise CorruptionError(f"{slab!r}: the head of its free list, {node:#x}, is {problem}")
-        following = _WORDS[node >> _SHIFT]
-        if following:
-            problem = policy._not_a_free_slot(slab, following, node)
-        else:
-            problem = (
-                f"0 (the end of the list), yet {slab!r} has "
-                f"{(slab.bump - slab.first) // slab.slot_size - slab.used - 1} other free slots"
-            )
+            raise FreeListCorruptionError(slab, None, node, problem)
+        # The head is a free carved slot of the slab: its word may be read.
+        following = WORDS[node >> WORD_SHIFT]
+        problem = slab.free_list_fault(following, (node,))
         assert problem is not None, "_check_head found nothing wrong"
-        message = (
-            f"corrupted free-list pointer in the free {slab.slot_size}-byte slot at {node:#x} "
-            f"(offset 0): it holds {following:#x}, {problem}" + policy._freed_note(node, node)
+        message = policy._free_list_report(
+            FreeListCorruptionError(slab, node, following, problem), node
         )
         raise CorruptionError(message + policy._isolate(slab, node, message))
 
@@ -891,7 +891,7 @@ class _DebugOperations:
             released = _capture(policy.site_depth) if self._record else None
             if slab is not None:
                 if self._poison:
-                    _BYTES[inner : inner + span] = policy._poison_pattern[:span]
+                    BYTES[inner : inner + span] = policy._poison_pattern[:span]
                 # Before the free: a free that empties the slab may release it (slab_removed).
                 policy._freed[inner] = ptr - inner
                 if self._record:
@@ -921,7 +921,7 @@ class _DebugOperations:
         if self._poison and slab is not None and slab.is_live(ptr):
             # A block allocated before the policy was bound: poison its slot as any freed one.
             # Before the free, since a free that empties the slab may release it.
-            _BYTES[ptr : ptr + slab.slot_size] = self._policy._poison_pattern[: slab.slot_size]
+            BYTES[ptr : ptr + slab.slot_size] = self._policy._poison_pattern[: slab.slot_size]
         self._free_below(ptr)
 
     # --- queries ---------------------------------------------------------------------------------

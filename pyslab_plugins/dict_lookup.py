@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pyslab import Policy
-from pyslab.core import MemorySlab, SizeClass
+from pyslab.core import MemorySlab, SizeClass, SlabIndex
 from pyslab.policy import Heap
 
 
@@ -12,7 +12,8 @@ class DictLookup(Policy):
 
     Slabs are aligned to their size (a page-source guarantee), so the base of the slab holding
     any address is ``address & ~(slab_size - 1)``; one dict probe then says whether that slab
-    is ours. This is the seed roadmap's "HashMap-based dealloc".
+    is ours: a :class:`~pyslab.core.SlabIndex`, kept up to date by ``slab_added`` and
+    ``slab_removed`` and checked against the heap by ``validate()``.
     Memory: one dict entry per slab.
     """
 
@@ -20,23 +21,37 @@ class DictLookup(Policy):
     description = "O(1) owner lookup on free: a dict from slab base address to slab"
 
     def bind(self, heap: Heap) -> None:
-        """Start with an empty table; existing slabs are announced through slab_added."""
+        """Start with an empty index; existing slabs are announced through slab_added."""
         super().bind(heap)
-        self._by_base: dict[int, MemorySlab] = {}
-        self._mask = ~(heap.slab_size - 1)
+        self._index = SlabIndex(heap.slab_size)
+        # find_owner runs on every free: it probes the index's dict itself, sparing the call
+        # of SlabIndex.owner (the dict is updated in place, so this reference stays current).
+        self._by_base = self._index.by_base
+        self._mask = self._index.mask
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Index the new slab by its base."""
-        self._by_base[slab.base] = slab
+        """Index the new slab by its base. Complexity: O(1)."""
+        self._index.add(slab)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Forget a slab going back to the page source."""
-        del self._by_base[slab.base]
+        """Forget a slab going back to the page source. Complexity: O(1)."""
+        self._index.remove(slab)
 
     def find_owner(self, address: int) -> MemorySlab | None:
-        """The slab whose mapping contains ``address``. Complexity: O(1)."""
+        """The slab whose mapping contains ``address`` (``SlabIndex.owner``). Complexity: O(1)."""
         return self._by_base.get(address & self._mask)
 
+    def check(self) -> None:
+        """Verify the index against the heap's slabs (``validate()`` calls it).
+
+        Raises:
+            CorruptionError: a slab is missing from the index, or the index holds one that is
+                gone.
+
+        Complexity: O(slabs).
+        """
+        self._index.check(self.heap.size_classes, "the dict-lookup index")
+
     def unbind(self) -> None:
-        """Drop the table."""
-        self._by_base = {}
+        """Drop the index's slabs."""
+        self._index.clear()

@@ -1,4 +1,5 @@
-"""``first-fit``: the seed's design, and the base of every composition."""
+"""``first-fit``: the design of the Rust ``slab-alloc`` allocator, and the base of every
+composition."""
 
 from __future__ import annotations
 
@@ -9,19 +10,21 @@ from pyslab.core import MemorySlab, SizeClass
 class FirstFit(Policy):
     """Allocate from the newest slab of the class that has a free slot; find owners by a walk.
 
-    The seed keeps each class's slabs in a list, prepends a new slab, and walks the list from
-    its head for the first slab with a free slot. ``SizeClass.current`` caches the answer: it
+    The Rust allocator keeps each class's slabs in a list, prepends a new slab, and walks the
+    list from its head for the first slab with a free slot. ``SizeClass.current`` caches the answer: it
     is always the newest slab with a free slot, because a new slab is the newest of all, and a
     full slab newer than ``current`` that gets a free slot takes its place (:meth:`slab_refilled`).
-    So each allocation gets the slab the seed's walk would find, and the walk itself runs only
+    So each allocation gets the slab that walk would find, and the walk itself runs only
     when ``current`` fills.
 
-    ``find_owner`` walks every slab of every class: O(slabs), the cost the seed documents for
-    deallocation. Empty slabs are kept, as the seed never gives memory back.
+    ``find_owner`` walks every slab of every class: O(slabs), the cost its design documents for
+    deallocation. Empty slabs are kept, as that design never gives memory back.
     """
 
     name = "first-fit"
-    description = "the seed's design: newest slab with a free slot; owner found by an O(slabs) walk"
+    description = (
+        "Rust slab-alloc's design: newest slab with a free slot; owner found by an O(slabs) walk"
+    )
 
     def select_slab(self, size_class: SizeClass) -> MemorySlab | None:
         """The newest slab with a free slot, or None.
@@ -45,7 +48,7 @@ class FirstFit(Policy):
         return None
 
     def keep_empty(self, size_class: SizeClass, slab: MemorySlab) -> bool:
-        """Always keep: the seed never returns a slab."""
+        """Always keep: the design never returns a slab."""
         return True
 
     def slab_color(self, size_class: SizeClass, serial: int) -> int:

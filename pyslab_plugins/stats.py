@@ -1,7 +1,7 @@
 """``stats``: count every allocation, free and slab, for ``pyslab.observe.report(alloc)``.
 
 Anchor: Linux's ``/proc/slabinfo`` and SLUB statistics (``CONFIG_SLUB_STATS``), CPython's
-``sys._debugmallocstats()``; the seed roadmap's "allocation statistics".
+``sys._debugmallocstats()``; the "allocation statistics" of the Rust allocator's roadmap.
 """
 
 from __future__ import annotations

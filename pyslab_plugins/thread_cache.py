@@ -7,10 +7,8 @@ import weakref
 from collections.abc import Mapping
 
 from pyslab import CorruptionError, DoubleFreeError, Policy
-from pyslab.core import MemorySlab, SizeClass
+from pyslab.core import WORD_SHIFT, WORD_SIZE, MemorySlab, SizeClass, SlabIndex
 from pyslab.policy import BlockOperations, Heap
-
-_WORD = 8
 
 
 class _Magazines:
@@ -44,8 +42,8 @@ class ThreadCache(Policy):
       call :meth:`flush`, which takes every thread's.
     - Double frees stay detected across threads: every cached address is in one shared dict,
       so freeing a block that sits in any magazine raises ``DoubleFreeError``. Owners are
-      found with a ``{slab base: slab}`` index of the policy's own (as ``dict-lookup``), read
-      without the lock (a dict read is atomic in CPython).
+      found with a :class:`~pyslab.core.SlabIndex` of the policy's own (as ``dict-lookup``),
+      read without the lock (a dict read is atomic in CPython).
     - Requests with an alignment above the pointer size, and large blocks, go straight to the
       layer below.
 
@@ -83,8 +81,11 @@ class ThreadCache(Policy):
     def bind(self, heap: Heap) -> None:
         """Start with no magazines and an empty slab index."""
         super().bind(heap)
-        self._by_base: dict[int, MemorySlab] = {}
-        self._mask = ~(heap.slab_size - 1)
+        self._index = SlabIndex(heap.slab_size)
+        # The front end's free probes the index's dict itself on every call (no call layer);
+        # it is updated in place, so these references stay current.
+        self._by_base = self._index.by_base
+        self._mask = self._index.mask
         self._local = threading.local()
         self._cached: dict[int, None] = {}
         """Every address in any magazine (insertion order is irrelevant)."""
@@ -92,18 +93,21 @@ class ThreadCache(Policy):
         self._bound = True
 
     def unbind(self) -> None:
-        """Forget every magazine (their blocks were flushed by ``close`` or stay live)."""
+        """Forget every magazine (their blocks were flushed by ``close`` or stay live) and
+        every slab: a front end still holding the index then finds none, rather than slabs
+        whose memory may have gone back to the page source."""
         self._bound = False
         self._threads = weakref.WeakSet()
         self._local = threading.local()
+        self._index.clear()
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Index the slab by base."""
-        self._by_base[slab.base] = slab
+        """Index the slab by base. Complexity: O(1)."""
+        self._index.add(slab)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Drop the slab from the index."""
-        del self._by_base[slab.base]
+        """Drop the slab from the index. Complexity: O(1)."""
+        self._index.remove(slab)
 
     def frontend(self, inner: BlockOperations) -> BlockOperations:
         """Wrap the operations of the layer below with the magazines."""
@@ -147,16 +151,20 @@ class ThreadCache(Policy):
         return counts
 
     def check(self) -> None:
-        """Every cached address is a live block of its class, in exactly one magazine.
+        """The slab index agrees with the heap; every cached address is a live block of its
+        class, in exactly one magazine.
 
         Raises:
-            CorruptionError: naming the address.
+            CorruptionError: naming the slab or the address.
+
+        Complexity: O(slabs + cached blocks).
         """
+        self._index.check(self.heap.size_classes, "the thread-cache slab index")
         seen: set[int] = set()
         for magazines in list(self._threads):
             for size_class, stack in zip(self.heap.size_classes, magazines.stacks, strict=True):
                 for address in stack:
-                    slab = self._by_base.get(address & self._mask)
+                    slab = self._index.owner(address)
                     if slab is None or slab.size_class is not size_class:
                         raise CorruptionError(f"cached {address:#x} is not a {size_class!r} block")
                     if not slab.is_live(address) or address in seen:
@@ -180,10 +188,10 @@ class _CachedOperations:
         self._by_size.extend(heap.class_for(size) for size in range(1, largest + 1))
         self._largest = len(self._by_size) - 1
 
-    def alloc(self, size: int, align: int = _WORD) -> int:
+    def alloc(self, size: int, align: int = WORD_SIZE) -> int:
         """Pop the thread's magazine; refill it from the slabs when empty. Complexity: O(1)."""
         small = type(size) is int and 0 < size <= self._largest
-        if small and type(align) is int and align == _WORD:
+        if small and type(align) is int and align == WORD_SIZE:
             size_class = self._by_size[size]
             policy = self._policy
             try:
@@ -213,11 +221,11 @@ class _CachedOperations:
 
         Complexity: O(1); a flush is O(batch) under the lock.
         """
-        if type(ptr) is int and ptr > 0 and not ptr & (_WORD - 1):
+        if type(ptr) is int and ptr > 0 and not ptr & (WORD_SIZE - 1):
             policy = self._policy
-            slab = policy._by_base.get(ptr & policy._mask)
+            slab = policy._by_base.get(ptr & policy._mask)  # SlabIndex.owner, inlined
             # a live block start in the slabs' view: the bit of its first word is set
-            if slab is not None and slab.live >> ((ptr - slab.base) >> 3) & 1:
+            if slab is not None and slab.live >> ((ptr - slab.base) >> WORD_SHIFT) & 1:
                 cached = policy._cached
                 if ptr in cached:
                     raise DoubleFreeError(f"double free of {ptr:#x}: it is in a thread cache", ptr)

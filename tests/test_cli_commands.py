@@ -54,15 +54,35 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert status == 0 and out.strip() == f"pyslab {pyslab.__version__}"
 
 
-def test_policies_lists_every_policy_with_its_description(
+def _listing(text: str) -> dict[str, str]:
+    """``pyslab policies``/``workloads`` output as ``{name: text}``, wrapped lines joined and
+    a ``; takes: ...`` tail left out."""
+    listed: dict[str, str] = {}
+    name = ""
+    for line in text.splitlines():
+        if line.startswith(" "):
+            listed[name] += " " + line.strip()
+        else:
+            name, _, rest = line.partition(" ")
+            listed[name] = rest.strip()
+    return {key: value.split("; takes: ")[0] for key, value in listed.items()}
+
+
+def test_policies_lists_every_policy_with_its_description_and_parameters(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     status, out, _ = _run(capsys, "policies")
     assert status == 0
-    lines = out.splitlines()
-    assert len(lines) == len(pyslab.policies())
-    for line, (name, description) in zip(lines, pyslab.policies().items(), strict=True):
-        assert line.split()[0] == name and line.endswith(description)
+    assert _listing(out) == pyslab.policies()
+    assert "reclaim " in out and "takes: keep=1" in " ".join(out.split())
+
+
+def test_listings_fit_80_columns_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ("policies", "workloads"):
+        status, out, _ = _run(capsys, command)
+        assert status == 0
+        assert max(map(len, out.splitlines())) <= 80
+        assert not any(line != line.rstrip() for line in out.splitlines())
 
 
 def test_workloads_lists_every_workload_with_its_description(
@@ -70,8 +90,7 @@ def test_workloads_lists_every_workload_with_its_description(
 ) -> None:
     status, out, _ = _run(capsys, "workloads")
     assert status == 0
-    listed = dict(line.split(None, 1) for line in out.splitlines())
-    assert listed == pyslab.lab.workloads()
+    assert _listing(out) == pyslab.lab.workloads()
 
 
 @pytest.mark.parametrize(
@@ -259,7 +278,7 @@ def test_a_plugin_that_fails_to_load_is_listed_as_broken_and_the_rest_as_usual(
     listed = _python(_install_broken_plugins(tmp_path), "-m", "pyslab", command)
     assert listed.returncode == 0, listed.stderr
     assert "Traceback" not in listed.stderr
-    lines = dict(line.split(None, 1) for line in listed.stdout.splitlines())
+    lines = _listing(listed.stdout)
     assert lines["broken"] == f"(broken: {_MISSING})"
     assert lines["crashing"] == "(broken: RuntimeError: plugin set-up failed)"
     assert lines[f"not-a-{kind}"] == (

@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import sys
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
@@ -91,18 +93,27 @@ def check_extras(plot: bool) -> None:
 
 
 def print_listing(listed: dict[str, str]) -> int:
-    """Print ``name  description`` lines, names aligned (``policies``, ``workloads``). Returns 0."""
+    """Print ``name  description`` lines, names aligned, each description wrapped to the
+    terminal's width (80 columns when piped) under its own column. Returns 0."""
     width = max(map(len, listed), default=0)
+    columns = max(shutil.get_terminal_size().columns, width + 40)
     for name, description in listed.items():
-        print(f"{name:<{width}}  {description}")
+        lines = textwrap.wrap(description, columns - width - 2, break_on_hyphens=False) or [""]
+        print(f"{name:<{width}}  {lines[0]}")
+        for line in lines[1:]:
+            print(f"{'':<{width}}  {line}")
     return 0
 
 
 def print_entries(entries: Sequence[PluginEntry]) -> int:
-    """Print ``name  description`` per plugin, and ``name  (broken: Error: message)`` for one
-    whose entry point fails to load. Returns 0: a broken plugin is reported, not fatal."""
+    """Print ``name  description`` per plugin, with ``takes: keep=1`` after the description of
+    a plugin whose constructor takes parameters, and ``name  (broken: Error: message)`` for
+    one whose entry point fails to load. Returns 0: a broken plugin is reported, not fatal."""
     return print_listing({
-        entry.name: f"(broken: {entry.problem})" if entry.broken else str(entry.description)
+        entry.name: f"(broken: {entry.problem})" if entry.broken else (
+            f"{entry.description}; takes: {entry.parameters}" if entry.parameters
+            else str(entry.description)
+        )
         for entry in entries
     })
 

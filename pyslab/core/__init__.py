@@ -3,7 +3,8 @@
 What it holds: :class:`SlabAllocator` and its heap operations (``alloc``, ``calloc``,
 ``realloc``, ``free``, ``owns``, ``usable_size``, ``stats``, ``slabs``, ``set_policy``,
 ``shrink``, ``validate``, ``close``), the call guard (lock, busy flag, backlog), slabs and size
-classes, the size-class layout, page sources and the arena, the large-object services, the
+classes, the index of slabs by base address (:class:`SlabIndex`, for policies' O(1) owner
+lookup), the size-class layout, page sources and the arena, the large-object services, the
 memory view of the address space, the libc bindings, the invariant checker, the statistics
 records, fork handling, and the one hook through which features built on an allocator take
 part in its whole-heap operations (:class:`HeapClient`).

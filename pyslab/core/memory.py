@@ -4,12 +4,15 @@
 next free slot of the same slab, or 0 at the end of the list. C code, or
 ``ctypes.cast(address, POINTER(FreeNode))``, can walk any pyslab free list.
 
-The allocator's hot path reads and writes those next pointers through ``WORDS``, a ``memoryview``
-of pointer-sized unsigned integers laid over the whole address space: ``WORDS[address >> WORD_SHIFT]``
-is the word at ``address``. Indexing a memoryview costs a few tens of nanoseconds where
-``FreeNode.from_address`` costs several hundred, and no Python object exists per slot.
-``WORDS`` and ``BYTES`` are only ever indexed at addresses the allocator has already proven it
-owns (invariant 1 of the package docstring); an index anywhere else would touch unmapped memory.
+The allocator's hot path reads and writes those next pointers through ``WORDS``, a
+``memoryview`` of pointer-sized unsigned integers laid over the whole address space:
+``WORDS[address >> WORD_SHIFT]`` is the word at ``address``. Indexing a memoryview costs a few
+tens of nanoseconds where ``FreeNode.from_address`` costs several hundred, and no Python object
+exists per slot. ``BYTES`` is the same view by byte. Both are shared by every user of the core
+(the ``debug`` policy reads and fills slots through them): one view of the address space per
+process. They are only ever indexed at addresses proven to lie in a slab (invariant 1 of the
+package docstring) or in a block handed out; an index anywhere else would touch unmapped
+memory.
 """
 
 from __future__ import annotations

@@ -136,7 +136,8 @@ class MemorySlab:
             free = (self.bump - self.first) // self.slot_size - self.used
             if len(seen) == free:
                 return None
-            return f"the end of the list after {len(seen)} nodes, yet {free} carved slots are free"
+            nodes = f"{len(seen)} node" + "s" * (len(seen) != 1)
+            return f"the end of the list after {nodes}, yet {free} carved slots are free"
         if not self.first <= node < self.end:
             return f"outside the slots of the slab at {self.base:#x}"
         if node & _ALIGN_MASK or (node - self.first) % self.slot_size:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final, final
 
-from pyslab.core import HeapClient, SlabAllocator
+from pyslab.core import WORD_SIZE, HeapClient, SlabAllocator
 from pyslab.errors import PyslabError
 
 __all__ = [
@@ -59,7 +59,7 @@ REALLOC_FUNC: Final = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.
 FREE_FUNC: Final = ctypes.CFUNCTYPE(None, ctypes.c_void_p)
 """``void (*)(void *ptr)``"""
 
-_WORD: Final[int] = ctypes.sizeof(ctypes.c_void_p)
+_WORD: Final[int] = WORD_SIZE
 _MAX_ALIGN: Final[int] = 2 * _WORD
 """``alignof(max_align_t)`` on the 64-bit Linux ABIs pyslab runs on."""
 _SIZE_MAX: Final[int] = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1

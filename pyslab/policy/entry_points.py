@@ -46,6 +46,8 @@ class PluginEntry:
     error: Exception | None
     """What loading it raised (an import error, or a TypeError when it names something that
     is not a subclass of the registry's base); None when it loads."""
+    parameters: str = ""
+    """The parameters its constructor takes by name, as ``keep=1, batch=None``."""
 
     @property
     def broken(self) -> bool:
@@ -181,7 +183,9 @@ class EntryPointRegistry(Generic[P]):
                 listed.append(PluginEntry(name, entry.value, None, loaded))
             else:
                 description = str(getattr(loaded, "description", ""))
-                listed.append(PluginEntry(name, entry.value, description, None))
+                listed.append(
+                    PluginEntry(name, entry.value, description, None, describe_parameters(loaded))
+                )
         return listed
 
     def descriptions(self) -> dict[str, str]:
