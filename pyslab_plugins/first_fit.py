@@ -11,9 +11,10 @@ class FirstFit(Policy):
     """Allocate from the newest slab of the class that has a free slot; find owners by a walk.
 
     The Rust allocator keeps each class's slabs in a list, prepends a new slab, and walks the
-    list from its head for the first slab with a free slot. ``SizeClass.current`` caches the answer: it
-    is always the newest slab with a free slot, because a new slab is the newest of all, and a
-    full slab newer than ``current`` that gets a free slot takes its place (:meth:`slab_refilled`).
+    list from its head for the first slab with a free slot. ``SizeClass.current`` caches the
+    answer: it is always the newest slab with a free slot, because a new slab is the newest of
+    all, and a full slab newer than ``current`` that gets a free slot takes its place
+    (:meth:`slab_refilled`).
     So each allocation gets the slab that walk would find, and the walk itself runs only
     when ``current`` fills.
 
