@@ -296,7 +296,7 @@ def test_a_slab_whose_allocator_closed_refuses_rather_than_touching_unmapped_mem
     allocator.close()
     with pytest.raises(pyslab.AllocatorClosedError, match="allocator was closed"):
         slab.get(0)
-    slab.close()  # harmless: the memory went with the allocator
+    slab.close()  # harmless: the allocator is closed, its memory goes once the slab does
 
 
 @pytest.mark.parametrize(

@@ -85,7 +85,13 @@ class TrackedBlocks:
         return address in self._recently_freed
 
     def close(self) -> None:
-        """Release every live block."""
+        """Release every live block and forget the freed ones.
+
+        An allocator's ``close()`` calls it once it retains no large block: the blocks live
+        Python objects own stay tracked, and are released one by one, until then.
+
+        Complexity: O(live blocks).
+        """
         for address in list(self.sizes):
             self.release(address)
         self._recently_freed.clear()

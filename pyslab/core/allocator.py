@@ -3,11 +3,14 @@
 Re-entrancy is the :mod:`~pyslab.core.guard`'s; the invariants are checked by
 :mod:`~pyslab.core.invariants`. Features built on an allocator (buffers, C functions, object
 caches) are :class:`~pyslab.core.clients.HeapClient` instances that it involves in ``shrink``,
-``close`` and ``stats``; it imports none of them.
+``close`` and ``stats``; it imports none of them. ``close`` keeps the slabs and large blocks
+that hold blocks live Python objects own (the clients' ``pinned_blocks``) mapped until those
+blocks are freed: see "Retained blocks" in :mod:`~pyslab.core.clients`.
 """
 
 from __future__ import annotations
 
+import bisect
 import operator
 import os
 import sys
@@ -20,6 +23,7 @@ from typing import Final, TypeVar
 
 from pyslab.errors import (
     AllocatorClosedError,
+    CorruptionError,
     DoubleFreeError,
     InvalidFreeError,
     PolicyError,
@@ -49,7 +53,8 @@ _OWNER_ATTRIBUTE: Final = "_pyslab_bound_to"
 
 # The allocator each page source serves, by id() of the source: an allocator holds its source,
 # so the id is the source's for as long as the allocator lives; the weak values keep no
-# allocator alive. Read and written only under _SOURCES_LOCK (never held with another lock).
+# allocator alive. Read and written only under _SOURCES_LOCK (never held with another lock). A
+# closed allocator that still retains mappings keeps its source until the last of them goes.
 _SOURCE_USERS: Final[weakref.WeakValueDictionary[int, SlabAllocator]] = (
     weakref.WeakValueDictionary()
 )
@@ -89,11 +94,12 @@ class SlabAllocator(CallGuard):
             policy class twice, a method named like a hook that is none, a hook with the
             wrong parameters), or a policy instance is bound to another open allocator.
         ValueError: ``page_source`` (or the one a policy supplied) already serves another
-            allocator that is not closed, or is itself closed (``closed`` is True, as for an
-            :class:`ArenaPageSource` whose allocator was closed): a source serves one
-            allocator at a time, since closing an allocator closes its source. A source
+            allocator that is not closed, or that is closed but still retains blocks live
+            Python objects own (see :meth:`close`), or is itself closed (``closed`` is True,
+            as for an :class:`ArenaPageSource` whose allocator was closed): a source serves
+            one allocator at a time, since closing an allocator closes its source. A source
             that keeps working after ``close()`` (``MmapPageSource``) may serve a new
-            allocator once its previous one is closed.
+            allocator once its previous one is closed and retains nothing.
 
     Complexity: O(size classes + policies); the page-source check is one dict lookup.
 
@@ -129,6 +135,13 @@ class SlabAllocator(CallGuard):
         self._serial = 0  # slabs made so far: the next slab's serial number
         self._reentrant_allocs = 0
         self._closed = False
+        # Empty until close(). Then: every pinned block not yet freed -> the start of the
+        # mapping holding it (a slab's base, or a large block's address); and every retained
+        # mapping's start -> the number of those blocks in it (never 0: a mapping whose last
+        # pinned block is freed is released at once). Retained large blocks are exactly the
+        # blocks self._large still tracks; retained slabs are listed in no class.
+        self._pins: dict[int, int] = {}
+        self._retained: dict[int, int] = {}
         self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
         self._claim_source()
         try:
@@ -142,18 +155,27 @@ class SlabAllocator(CallGuard):
     def _claim_source(self) -> None:
         """Record this allocator as its page source's one user (see ``__init__``'s Raises)."""
         source = self._source
-        if getattr(source, "closed", False) is True:
-            raise ValueError(
-                f"page source {source!r} is closed: a closed source maps no slab (the "
-                f"allocator it served closed it); give each allocator a source of its own"
-            )
         with _SOURCES_LOCK:
             user = _SOURCE_USERS.get(id(source))
-            if user is not None and user is not self and not user._closed:
+            # A closed allocator still uses its source while it retains mappings, and closes
+            # it when the last goes; it closes the source before it forgets that mapping, so
+            # the check of ``closed`` below, made after this one, sees the source closed.
+            if user is not None and user is not self and (not user._closed or user._retained):
+                how = (
+                    f"still serves {user!r}, closed but retaining blocks that live Python "
+                    f"objects own (it closes the source once they are gone)"
+                    if user._closed
+                    else f"already serves {user!r}"
+                )
                 raise ValueError(
-                    f"page source {source!r} already serves {user!r}: a page source serves "
-                    f"one allocator at a time (closing either allocator would unmap the "
-                    f"other's slabs); give each allocator a source of its own"
+                    f"page source {source!r} {how}: a page source serves one "
+                    f"allocator at a time (closing either allocator would unmap the other's "
+                    f"slabs); give each allocator a source of its own"
+                )
+            if getattr(source, "closed", False) is True:
+                raise ValueError(
+                    f"page source {source!r} is closed: a closed source maps no slab (the "
+                    f"allocator it served closed it); give each allocator a source of its own"
                 )
             _SOURCE_USERS[id(source)] = self
 
@@ -420,7 +442,14 @@ class SlabAllocator(CallGuard):
     def _complete(self, item: Deferred) -> None:
         # A block libc served a re-entrant alloc is recorded; a re-entrant free carried out.
         if isinstance(item, tuple):
-            self._large.record(*item)
+            if not self._closed:
+                self._large.record(*item)
+            # else: libc served a finalizer's alloc while close() ran; a closed allocator
+            # tracks nothing but its retained mappings, so the block stays the caller's alone.
+        elif self._closed and item not in self._pins:
+            # Deferred while close() ran, for a block no client pinned: it went back with
+            # every other block, which is what the free asked for.
+            return
         else:
             self._free_locked(item)
 
@@ -484,11 +513,14 @@ class SlabAllocator(CallGuard):
                 inside a slot, or a slot never handed out).
             DoubleFreeError: the block is already free.
             TypeError: ``ptr`` is not an int or None.
-            AllocatorClosedError: the allocator was closed.
+            AllocatorClosedError: the allocator was closed, and ``ptr`` is not a block a
+                client pinned at :meth:`close` (freeing one of those after ``close()`` hands
+                it back, unmapping its slab or large block when it was the last in it).
             In every case the allocator is exactly as it was.
 
         Complexity: the policy's ``find_owner`` (O(1) with ``dict-lookup``, O(slabs) with
-        ``first-fit``), then O(1); releasing an empty slab costs one ``munmap``.
+        ``first-fit``), then O(1); releasing an empty slab costs one ``munmap``. After
+        ``close()``: O(1), plus one ``munmap`` for the last block of a retained mapping.
         """
         if type(ptr) is not int or ptr <= 0 or ptr & _MISALIGNED:
             self._free_unusual(ptr)
@@ -657,7 +689,8 @@ class SlabAllocator(CallGuard):
             policy=self._policy.name,
             slab_size=self._slab_size,
             classes=classes,
-            mapped_bytes=self._slab_size * sum(c.slabs for c in classes),
+            # After close(), the retained slabs are listed in no class but are still mapped.
+            mapped_bytes=self._slab_size * (sum(c.slabs for c in classes) + self._retained_slabs()),
             large_blocks=len(self._large.sizes),
             large_bytes=self._large.total,
             reentrant_allocs=self._reentrant_allocs,
@@ -698,8 +731,9 @@ class SlabAllocator(CallGuard):
 
         A client is a feature built on an allocator that the allocator must involve in its
         whole-heap operations (see :class:`~pyslab.core.HeapClient`): ``shrink()`` and
-        ``close()`` ask it to give back what it holds free, ``close()`` tells it the heap is
-        gone, ``stats()`` lists its caches. The first call builds it as ``kind(self)`` under
+        ``close()`` ask it to give back what it holds free, ``close()`` asks it which blocks
+        live Python objects own (and keeps those mapped) and then tells it the heap is gone,
+        ``stats()`` lists its caches. The first call builds it as ``kind(self)`` under
         the lock, so threads racing for it all get the same instance; the allocator keeps it
         until it is closed and collected.
 
@@ -761,7 +795,7 @@ class SlabAllocator(CallGuard):
             held = policy.exclusive_blocks()
             if held:
                 raise PolicyError(
-                    f"set_policy would strand {held} live blocks of policy {policy!r}: only it "
+                    f"set_policy would strand {held} live blocks of {policy!r}: only that policy "
                     f"can free them (exclusive_blocks), and set_policy unbinds or rebinds every "
                     f"bound policy. Free them first; the policy {old.name!r} stays bound"
                 )
@@ -880,6 +914,7 @@ class SlabAllocator(CallGuard):
 
     def _check_invariants(self) -> None:
         if self._closed:
+            self._check_retained()
             return
         seen_bases: set[int] = set()
         for size_class in self._classes:
@@ -893,41 +928,191 @@ class SlabAllocator(CallGuard):
         check_source(self._source, len(seen_bases), self._slab_size)
 
     def close(self) -> None:
-        """Return every slab to the page source and every large block to libc.
+        """Release every slab and large block, keeping mapped only what live Python objects use.
 
-        Every address handed out becomes invalid. Calling it twice is harmless.
+        Policies and clients first give back what they hold free (``flush``, ``give_back``);
+        then each client names the blocks that live Python objects still own
+        (:meth:`HeapClient.pinned_blocks`: slab-backed ctypes buffers, ``new()`` objects,
+        typed slabs and their views, object-cache objects). The slab or large block holding
+        each pinned block is *retained*: it stays mapped, and its addresses go to nobody else,
+        until every pinned block in it has been freed (the clients free each one when its
+        owner dies). Everything else is released at once, and its addresses become invalid.
+        When nothing is retained, or when the last retained mapping goes, the large-block
+        service and the page source are closed too (an arena is unmapped then).
+
+        After ``close()``:
+
+        - ``alloc``, ``calloc``, ``realloc``, ``usable_size``, ``shrink``, ``set_policy``,
+          ``take_blocks`` and ``inspect`` raise :class:`~pyslab.AllocatorClosedError`;
+          ``owns`` is False for every address.
+        - ``free`` of a pinned block hands it back (unmapping its mapping if it was the last
+          one in it); ``free`` of any other address raises ``AllocatorClosedError``.
+        - ``slabs()`` is empty; ``stats()`` lists no slab in any class, its ``mapped_bytes``
+          counts the retained slabs and its ``large_blocks``/``large_bytes`` the retained
+          large blocks (all 0 once they are gone); ``validate()`` checks the books of the
+          retained mappings.
+        - The page source serves no other allocator while mappings are retained.
+
+        Calling it twice is harmless. Raw addresses (``alloc`` called directly, the C
+        functions) are never retained: using one after ``close()`` is the caller's business,
+        as in C.
 
         Raises:
             PyslabError: called from inside another call of this allocator.
+            Whatever a client's ``give_back`` or ``pinned_blocks`` (or a policy's ``flush``)
+            raises: nothing has been released then, and the allocator stays open.
+
+        Complexity: O(slabs + large blocks + pinned blocks), one ``munmap`` per released
+        slab (large blocks: one libc ``free`` each); O(L log L) more for L large blocks when a
+        pinned address lies inside a large block rather than at its start (a front end's).
+        The alloc and free paths of an open allocator are untouched: clients are asked only
+        here.
         """
         with self._lock:
             if self._closed:
                 return
             self._flush_policies("close")  # every cache accounted for before the pages go
             self._exclusively("close", self._release_everything)
-            for client in self._clients.values():
-                client.heap_closed()
+            for client in list(self._clients.values()):
+                client.heap_closed()  # may free pinned blocks (a cache drops its slabs)
 
     def _release_everything(self) -> None:
+        # Busy: a free that a finalizer makes from here on is deferred, so every pinned block
+        # is still live when its mapping is kept, and is carried out (against the retained
+        # books) once this ends.
+        pins = self._pinned()
+        retained: dict[int, int] = {}
+        for start in pins.values():
+            retained[start] = retained.get(start, 0) + 1
         for name in self._FRONT_OPERATIONS:
             self.__dict__.pop(name, None)  # the core's methods now refuse every call
         for size_class in self._classes:
             for slab in size_class.slabs:
-                self._source.release_slab(slab.base, self._slab_size)
+                if slab.base not in retained:
+                    self._source.release_slab(slab.base, self._slab_size)
             size_class.slabs.clear()
             size_class.empty.clear()
             size_class.current = None
             size_class.live = size_class.full = 0
-        self._large.close()
-        self._source.close()
+        for address in list(self._large.sizes):
+            if address not in retained:
+                self._large.release(address)
         for policy in self._policy.policies:
             policy.unbind()
             setattr(policy, _OWNER_ATTRIBUTE, None)
+        self._pins, self._retained = pins, retained
         self._closed = True
         self._tables = {}
         self._find_owner = self._closed_lookup
+        # free() of a pinned block finds no owner (see _closed_lookup) and takes the large
+        # path, which from now on is the retained books'. An instance attribute, as the front
+        # ends are: the methods of an open allocator stay exactly as they were.
+        self.__dict__["_free_large"] = self._free_pinned
+        if not retained:
+            self._close_services()
+
+    def _pinned(self) -> dict[int, int]:
+        """Every block the clients pin, mapped to the start of the mapping holding it.
+
+        Addresses in no slab and no large block of this allocator are left out. Lock held,
+        busy set.
+        """
+        addresses = {
+            address
+            for client in list(self._clients.values())
+            for address in client.pinned_blocks()
+            if type(address) is int and address > 0
+        }
+        if not addresses:
+            return {}
+        mask = -self._slab_size  # slabs are aligned to their size (invariant 1)
+        bases = {slab.base for size_class in self._classes for slab in size_class.slabs}
+        sizes = self._large.sizes
+        starts: list[int] | None = None  # large block starts, sorted on first need
+        pins: dict[int, int] = {}
+        for address in addresses:
+            if address & mask in bases:
+                pins[address] = address & mask
+            elif address in sizes:
+                pins[address] = address
+            else:  # inside a large block (a front end hands out an offset into it)?
+                if starts is None:
+                    starts = sorted(sizes)
+                index = bisect.bisect_right(starts, address) - 1
+                if index >= 0 and address < starts[index] + sizes[starts[index]]:
+                    pins[address] = starts[index]
+        return pins
+
+    def _free_pinned(self, ptr: int) -> None:
+        """``free`` after ``close()``: hand a pinned block back; the last one of a retained
+        mapping unmaps it. Lock held, busy set (in place of ``_free_large``).
+
+        Raises:
+            AllocatorClosedError: ``ptr`` is not a pinned block (nothing changes).
+
+        Complexity: O(1), plus one ``munmap`` (or libc ``free``) for a mapping's last block.
+        """
+        start = self._pins.get(ptr)
+        if start is None:
+            raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
+        del self._pins[ptr]
+        left = self._retained[start] - 1
+        if left:
+            self._retained[start] = left
+            return
+        if self._large.holds(start):
+            self._large.release(start)
+        else:
+            self._source.release_slab(start, self._slab_size)
+        if len(self._retained) == 1:
+            # The last mapping: the source is closed before the books are emptied, so that
+            # another allocator can claim it only once it is closed (see _claim_source).
+            self._close_services()
+        del self._retained[start]
+
+    def _close_services(self) -> None:
+        """Close the large-block service and the page source: nothing is retained."""
+        self._large.close()
+        self._source.close()
+
+    def _retained_slabs(self) -> int:
+        """How many retained mappings are slabs (0 while the allocator is open)."""
+        large = self._large.sizes
+        return sum(1 for start in self._retained if start not in large)
+
+    def _check_retained(self) -> None:
+        """The books of a closed allocator: every pinned block lies in a retained mapping
+        that counts it, and nothing but the retained mappings is listed or tracked."""
+        counts: dict[int, int] = {}
+        for address, start in self._pins.items():
+            counts[start] = counts.get(start, 0) + 1
+            size = self._large.sizes.get(start)
+            end = start + (self._slab_size if size is None else size)
+            if not start <= address < end:
+                raise CorruptionError(
+                    f"pinned block {address:#x} lies outside its retained mapping at {start:#x}"
+                )
+        if counts != self._retained:
+            raise CorruptionError(
+                f"the retained mappings count {sum(self._retained.values())} pinned blocks "
+                f"in {len(self._retained)} mappings, but {len(self._pins)} blocks are pinned "
+                f"in {len(counts)}"
+            )
+        stray = [start for start in self._large.sizes if start not in self._retained]
+        if stray or any(size_class.slabs for size_class in self._classes):
+            raise CorruptionError(
+                f"closed allocator still lists slabs, or tracks large blocks no Python object "
+                f"owns ({len(stray)})"
+            )
+        for start in self._retained:
+            if start not in self._large.sizes and start & (self._slab_size - 1):
+                raise CorruptionError(f"retained slab {start:#x} is not aligned to a slab")
 
     def _closed_lookup(self, ptr: int) -> MemorySlab | None:
+        # No slab is listed after close(): a pinned block has no owner, so free() takes the
+        # large path, which is then _free_pinned. Every other address is refused here.
+        if ptr in self._pins:
+            return None
         raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
 
     def _check_closed(self, operation: str) -> None:
@@ -946,7 +1131,11 @@ class SlabAllocator(CallGuard):
         self.close()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{sum(len(c.slabs) for c in self._classes)} slabs"
+        if self._closed:
+            retained = len(self._retained)
+            state = f"closed, {retained} mappings retained" if retained else "closed"
+        else:
+            state = f"{sum(len(c.slabs) for c in self._classes)} slabs"
         return f"<SlabAllocator policy={self._policy.name} {state}>"
 
 

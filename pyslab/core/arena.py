@@ -16,6 +16,15 @@ Layout::
     |--slab--|--slab--|----large block----|...free...|--slab--|......free.......|
              free extents: sorted by address, disjoint, never adjacent (coalesced)
 
+Closing the allocator while live Python objects own some of its blocks (see
+:class:`~pyslab.core.HeapClient`): the allocator gives back every other slab and large block,
+and closes the arena only when the last retained one has been given back. Until then the whole
+region stays reserved (the free extents are ``madvise``'d out of the resident set, as ever),
+so no other ``mmap`` can be given an address inside it; the arena hands out no retained range,
+since those are not free extents; and no other allocator may take the arena (the closed one
+still uses it). Then :meth:`ArenaPageSource.close` unmaps the region in one call, as when
+nothing was retained.
+
 The one exception to "nothing but the arena": a re-entrant allocation (a finalizer that runs
 inside an allocator call on the same thread) is served by libc, because the arena may be in
 the middle of an update; the block is recorded and goes back to libc when freed.
@@ -58,7 +67,8 @@ class ArenaPageSource:
     search, a list insertion and one ``madvise``. No other system call after the reservation.
 
     One allocator at a time: the source takes no lock of its own beyond a short one on its
-    extent list; :meth:`close` (called by the allocator's ``close``) unmaps the region.
+    extent list; :meth:`close` (called by the allocator's ``close``, or, when that retained
+    blocks live Python objects own, once the last of them is given back) unmaps the region.
     """
 
     def __init__(self, size: int, *, large_objects: bool = True) -> None:
@@ -140,7 +150,10 @@ class ArenaPageSource:
         self._mapped -= size
 
     def close(self) -> None:
-        """Unmap the whole region. Every address it handed out becomes invalid. Idempotent."""
+        """Unmap the whole region. Every address it handed out becomes invalid. Idempotent.
+
+        Complexity: one ``munmap``.
+        """
         with self._lock:
             self._closed = True
             self._free = []

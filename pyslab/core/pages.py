@@ -31,6 +31,13 @@ class PageSource(Protocol):
     second allocator built on a source whose allocator is open raises ``ValueError``. A source
     that maps nothing once closed should say so with a ``closed`` attribute (as
     ``ArenaPageSource`` does); an allocator refuses a source whose ``closed`` is True.
+
+    Retained slabs: an allocator's ``close()`` keeps the slabs that hold blocks live Python
+    objects own (see :class:`~pyslab.core.HeapClient`), releases every other one, and calls
+    ``close`` only once the last retained slab (and large block) has been released through
+    ``release_slab``. Until then the source still serves that closed allocator (no other
+    allocator may take it), and it never hands out a retained slab's range, since that range
+    is still handed out: a source needs nothing special for this.
     """
 
     @property
@@ -94,7 +101,8 @@ class LargeObjects(Protocol):
         ...
 
     def close(self) -> None:
-        """Release every live block."""
+        """Release every live block. The allocator's ``close()`` first releases the blocks
+        it does not retain one by one, and calls this once no retained block is left."""
         ...
 
 
@@ -106,6 +114,9 @@ class MmapPageSource:
 
     Complexity: one ``mmap`` per slab (three system calls when ``size`` exceeds a page), one
     ``munmap`` per release.
+
+    A slab that an allocator's ``close()`` retains stays its own mapping until it is
+    released, so the kernel gives its addresses to no other ``mmap`` meanwhile.
     """
 
     def __init__(self) -> None:

@@ -25,11 +25,23 @@ buffers. The table entry holds the allocator, so a buffer keeps the allocator th
 alive and is freed to it, whatever is installed by then. A free that the collector triggers in
 the middle of another call of the same allocator takes the core's re-entrant path (deferred).
 
+Closing the allocator while objects live never leaves them dangling: :class:`SlabBuffers` is a
+:class:`~pyslab.core.HeapClient`, and its ``pinned_blocks`` names the block of every entry of
+the table, so ``close()`` keeps the slab (or large block) holding each one mapped. The object
+reads and writes its bytes as before; when it dies, its callback frees the block as usual, and
+the allocator unmaps the slab once no other such block is left in it. Typed slabs and object
+caches tie their memory to their ctypes objects with :meth:`SlabBuffers.adopt`, the same
+table, so the same holds for them.
+
+Invariant: each entry of the table is removed once, by its own callback, which then frees its
+block once; so every block ``close()`` retains for an entry is handed back exactly once.
+
 Differences from ctypes' own buffers (the memory is borrowed, not owned): ``ctypes.resize``
-refuses them, and ``_b_needsfree_`` is 0. Closing the allocator while they live leaves them
-dangling, as any address of a closed allocator: ``close()`` tells the buffers, which forget
-their blocks at once (the finalizers then do nothing, and the allocator is not kept alive).
-Copies (``copy.copy(buf)``, ``bytes(buf)``) are ordinary objects, in ordinary memory.
+refuses them, and ``_b_needsfree_`` is 0. Copies (``copy.copy(buf)``, ``bytes(buf)``) are
+ordinary objects, in ordinary memory. Closing an allocator on one thread while another creates
+objects from it is a race of the program (the object made may be over released memory), as is
+any use of an allocator concurrent with its close: :meth:`SlabBuffers.adopt` alone is safe
+against it.
 """
 
 from __future__ import annotations
@@ -39,7 +51,7 @@ import operator
 import sys
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final, TypeVar, final
 
 from pyslab.core import BYTES, HeapClient, SlabAllocator
@@ -80,22 +92,30 @@ def _release(
     ref: weakref.ref[Any],
     _live: dict[int, tuple[weakref.ref[Any], int, SlabAllocator]] = _live,
 ) -> None:
-    """Weak-reference callback: the object died, its block goes back to its allocator."""
+    """Weak-reference callback: the object died, its block goes back to its allocator.
+
+    After the allocator's ``close()`` the free hands a retained block back (the allocator
+    unmaps its slab once no other retained block is in it).
+    """
     entry = _live.pop(id(ref), None)
     if entry is None:
-        return  # its allocator was closed: the block went back with every other
+        return  # never: only this callback removes the entry
     _, address, allocator = entry
     try:
         allocator.free(address)
     except AllocatorClosedError:
-        pass  # close() already returned every block
+        # The entry was removed while close() ran on another thread but before it asked for
+        # the pinned blocks: the block went back with every other one.
+        pass
     except PyslabError as error:  # no caller to raise to: record it as the core does
         allocator.deferred_errors.append(error)
         warnings.warn(f"freeing a ctypes buffer failed: {error}", PyslabWarning, stacklevel=1)
 
 
 def live_objects() -> int:
-    """How many slab-backed ctypes objects are alive, over every allocator. Complexity: O(1)."""
+    """How many slab-backed ctypes objects are alive, over every allocator: buffers, ``new()``
+    objects and the owners given to :meth:`SlabBuffers.adopt` (typed slabs' slot arrays,
+    object caches' blocks). Complexity: O(1)."""
     return len(_live)
 
 
@@ -132,14 +152,48 @@ class SlabBuffers(HeapClient):
         """The allocator every object made here comes from, and goes back to."""
         return self.heap
 
-    def heap_closed(self) -> None:
-        """Forget the blocks of this allocator's live objects: ``close()`` freed them all.
+    def pinned_blocks(self) -> Iterable[int]:
+        """The block of every live slab-backed object of this allocator (its ``close()``
+        keeps them mapped; each object's callback frees its block when the object dies).
 
         Complexity: O(live slab-backed objects, over every allocator).
         """
         heap = self.heap
-        for key in [key for key, (_, _, owner) in _live.items() if owner is heap]:
-            del _live[key]
+        while True:
+            try:
+                # A copy first: a callback run by the collector meanwhile removes entries.
+                entries = list(_live.values())
+                break
+            except RuntimeError:  # the table changed size while it was copied: copy again
+                continue
+        return [address for _, address, owner in entries if owner is heap]
+
+    def adopt(self, owner: object, address: int) -> None:
+        """Make ``owner`` own the block at ``address``, as a buffer owns its block.
+
+        For a ctypes object built over a block of this allocator (``from_address`` owns no
+        memory): the block is freed when ``owner`` is collected, and the allocator's
+        ``close()`` keeps it mapped while ``owner`` lives, so that ``owner``, and everything
+        that keeps it alive (``from_buffer`` views, ``memoryview``), never reads unmapped
+        memory. ``address`` must come from this allocator's ``alloc``; nothing else may free
+        it.
+
+        Raises:
+            AllocatorClosedError: the allocator was closed (the block went back with it, even
+                if it was allocated before: do not use it); nothing is recorded.
+            TypeError: ``owner`` takes no weak references.
+
+        Complexity: O(1): one weak reference and one table entry, under the allocator's lock
+        (so that a concurrent ``close()`` either sees the entry or has finished).
+        """
+        ref = _new_ref(owner, _release)
+        heap = self.heap
+        with heap.lock:
+            if heap.closed:
+                raise AllocatorClosedError(
+                    f"adopt() of the block at {address:#x} of a closed allocator {heap!r}"
+                )
+            _live[id(ref)] = (ref, address, heap)
 
     def create_string_buffer(self, init: bytes | int, size: int | None = None) -> ctypes.Array[
         ctypes.c_char

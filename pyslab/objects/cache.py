@@ -44,7 +44,11 @@ Slab states
 Objects hold their memory
     Each object is a ctypes view of its slab's block that keeps the block alive
     (``from_buffer``): a stale reference to an object of a reclaimed slab keeps that memory
-    mapped rather than dangling. The block is freed when the last such reference goes.
+    mapped rather than dangling. The block is freed when the last such reference goes. The
+    block is tied to its objects as a slab-backed buffer is
+    (:meth:`pyslab.interop.SlabBuffers.adopt`), so the allocator's ``close()`` keeps it mapped
+    too while an object lives; the cache then forgets its slabs (no destructor runs), and each
+    block is unmapped when the last object over it goes.
 Locking
     A cache shares its allocator's lock, so ``stats()`` of the allocator sees every cache in a
     consistent state and no lock order can deadlock. Constructors and destructors run outside
@@ -71,7 +75,6 @@ from __future__ import annotations
 
 import ctypes
 import warnings
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Final, Generic, final
@@ -86,18 +89,12 @@ from pyslab.errors import (
     PyslabWarning,
 )
 
-from .typed import CT, checked_ctype
+from .typed import CT, checked_ctype, own_block
 
 __all__ = ["CacheRegistry", "ObjectCache", "caches"]
 
 OBJECTS_PER_SLAB: Final[int] = 16
 """A cache slab is the smallest power of two of bytes holding at least this many objects."""
-
-
-def _free_block(allocator: SlabAllocator, address: int) -> None:
-    """Give a cache slab's block back (run when nothing refers to its memory any more)."""
-    if not allocator.closed:
-        allocator.free(address)
 
 
 @final
@@ -285,7 +282,8 @@ class ObjectCache(Generic[CT]):
         allocator = self._allocator
         address = allocator.alloc(self._slab_bytes, self._slab_bytes)
         block = (ctypes.c_char * self._slab_bytes).from_address(address)
-        weakref.finalize(block, _free_block, allocator, address).atexit = False
+        # Freed when nothing refers to its memory any more; kept mapped by close() until then.
+        own_block(allocator, block, address)
         view: Callable[[ctypes.Array[ctypes.c_char], int], CT] = self._view_of
         size = self._size
         objects = [view(block, i * size) for i in range(self._per_slab)]
@@ -476,7 +474,8 @@ class ObjectCache(Generic[CT]):
 
     def _run_dtor(self, objects: list[CT]) -> None:
         dtor = self._dtor
-        if dtor is None or self._allocator.closed:  # closed: the memory is gone
+        # Closed: the cache forgot its slabs, and objects callers still hold are theirs.
+        if dtor is None or self._allocator.closed:
             return
         first_error: BaseException | None = None
         for obj in objects:
@@ -590,7 +589,8 @@ class ObjectCache(Generic[CT]):
         """Destroy the cache (``kmem_cache_destroy``): reclaim every slab and leave the registry.
 
         Every object must have been freed. Calling it twice is harmless. After the allocator
-        was closed, destructors are skipped (the memory is already gone).
+        was closed, destructors are skipped (the cache forgot its slabs then, and the objects
+        callers still hold keep their memory mapped).
 
         Raises:
             PyslabError: objects are still allocated (the message says how many); nothing
@@ -614,6 +614,28 @@ class ObjectCache(Generic[CT]):
             self._closed = True
             self._allocator.client(CacheRegistry).unregister(self)
         self._destroy(victims)
+
+    def _forget_slabs(self) -> None:
+        """Drop every slab, running no destructor: the allocator was closed. Lock held.
+
+        The cache's books are emptied first, then the slabs' objects are dropped: the block
+        of a slab whose objects nobody else holds is freed at once (by the collector's
+        callback, to the closed allocator, which unmaps it); callers' objects keep theirs.
+        Operations then raise :class:`~pyslab.AllocatorClosedError`; :meth:`close` still
+        leaves the registry.
+        """
+        if self._busy:
+            # close() from a signal handler that interrupted a call of this cache: that call
+            # is mid-update on these very books. The slabs stay, mapped, until the cache goes.
+            return
+        victims = list(self._by_base.values())
+        self._by_base = {}
+        self._partial = {}
+        self._empty = {}
+        self._current = None
+        self._live = 0
+        for slab in victims:
+            slab.objects = []
 
     def _check_open(self, operation: str) -> None:
         if self._closed:
@@ -694,6 +716,17 @@ class CacheRegistry(HeapClient):
         for cache in self.caches():
             if not cache.closed:
                 cache.reap()
+
+    def heap_closed(self) -> None:
+        """The allocator closed: every open cache forgets its slabs, running no destructor.
+
+        The blocks of objects callers still hold stay mapped (the allocator retained them)
+        until those objects go; the others go back now.
+
+        Complexity: O(slabs of every cache).
+        """
+        for cache in self.caches():
+            cache._forget_slabs()
 
     def cache_stats(self) -> tuple[CacheStats, ...]:
         """Every open cache's statistics, oldest first."""

@@ -50,8 +50,12 @@ The slots come from, in this order: the ``allocator`` given; the allocator insta
 size class; a larger one is a large block of the allocator (libc, or the page source's).
 
 The memory is given back when the slab is closed *and* no view of it is alive: a view keeps the
-memory mapped, so it never dangles after :meth:`Slab.close` or garbage collection. (Closing the
-*allocator* unmaps its memory whatever holds it: close slabs first.)
+memory mapped, so it never dangles after :meth:`Slab.close` or garbage collection. Closing the
+*allocator* does not unmap it either: the slot array is tied to its block as a slab-backed
+buffer is (:meth:`pyslab.interop.SlabBuffers.adopt`), so the allocator's ``close()`` retains
+the block while the slab is open or a view lives, and unmaps it when the last of them goes.
+Once the allocator is closed the slab's own operations raise
+:class:`~pyslab.AllocatorClosedError`; its views keep reading and writing their slots.
 
 Performance notes
 -----------------
@@ -87,7 +91,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, final
 
 from pyslab.core import PAGE_SIZE, SlabAllocator, libc, protect_across_fork
 from pyslab.errors import AllocatorClosedError, CorruptionError
-from pyslab.interop import current
+from pyslab.interop import buffers, current
 
 if TYPE_CHECKING:
     from ctypes import _CData
@@ -105,12 +109,18 @@ beside an instance. ctypes, not the type checker, decides whether a given one fi
 _COMPOUND: Final = (ctypes.Structure, ctypes.Union, ctypes.Array)
 
 
-def _release(allocator: SlabAllocator | None, address: int, length: int) -> None:
-    """Give a slab's memory back (run by the finalizer of its slot array)."""
-    if allocator is None:
-        libc.unmap(address, length)
-    elif not allocator.closed:
-        allocator.free(address)
+def own_block(allocator: SlabAllocator, owner: object, address: int) -> None:
+    """Tie ``allocator``'s block at ``address`` to the ctypes object ``owner`` over it.
+
+    The block is freed when ``owner`` is collected, and ``allocator.close()`` keeps it mapped
+    while ``owner`` lives (see :meth:`pyslab.interop.SlabBuffers.adopt`).
+
+    Raises:
+        AllocatorClosedError: the allocator was closed meanwhile (the block went with it).
+
+    Complexity: O(1).
+    """
+    buffers(allocator).adopt(owner, address)
 
 
 def _installed_allocator() -> SlabAllocator | None:
@@ -196,8 +206,12 @@ class Slab(Generic[CT]):
         maker: Any = ctype  # typeshed types from_buffer & co. on metaclasses _CData lacks
         array: ctypes.Array[CT] = (maker * capacity).from_address(address)
         # The slot array owns the memory: every view holds it (from_buffer keeps its source
-        # alive), so the memory goes back only when the slab is closed and no view is left.
-        weakref.finalize(array, _release, source, address, length).atexit = False
+        # alive), so the memory goes back only when the slab is closed and no view is left;
+        # and an allocator's close() keeps it mapped until then.
+        if source is None:
+            weakref.finalize(array, libc.unmap, address, length).atexit = False
+        else:
+            own_block(source, array, address)
         self._ctype: Final = ctype
         self._size: Final = size
         self._view_of: Final[Callable[[ctypes.Array[CT], int], CT]] = maker.from_buffer
@@ -295,7 +309,7 @@ class Slab(Generic[CT]):
         Writes through the view change the slot, and ``ctypes.addressof(view)`` is the slot's
         address, to hand to C. A view stays attached to its slot: after :meth:`remove` it sees
         whatever the slot holds next. It keeps the slab's memory mapped while it lives, even
-        after :meth:`close`.
+        after :meth:`close` and after the allocator's ``close()``.
 
         Raises:
             TypeError: ``index`` is not an int.
@@ -478,7 +492,8 @@ class Slab(Generic[CT]):
             raise AllocatorClosedError(f"{operation}() on a closed Slab")
         if self._allocator is not None and self._allocator.closed:
             raise AllocatorClosedError(
-                f"{operation}() on a Slab whose allocator was closed (its memory is gone)"
+                f"{operation}() on a Slab whose allocator was closed (views made before "
+                f"still read their slots)"
             )
         return array
 
