@@ -13,6 +13,9 @@ import pytest
 import pyslab
 import pyslab.lab.trace
 from pyslab.lab.trace import (
+    MAX_ALIGNMENT,
+    MAX_SIZE,
+    PartialCaptureError,
     TraceError,
     TraceEvent,
     TraceWorkload,
@@ -80,6 +83,13 @@ GOOD_START = "pyslab-trace 1\na 1 16\na 2 32\n"
         (GOOD_START + "a 3 8 8 8\nend 3\n", r":4: expected 'a ID SIZE \[ALIGN\]'"),
         (GOOD_START + "f\nend 3\n", r":4: expected 'f ID'"),
         (GOOD_START + "a x 8\nend 3\n", r":4: expected a non-negative integer, found 'x'"),
+        (GOOD_START + f"a 3 {MAX_SIZE + 1}\nend 3\n", f":4: size '{MAX_SIZE + 1}' is larger"),
+        (GOOD_START + f"a 3 8 {MAX_ALIGNMENT * 2}\nend 3\n",
+         f":4: alignment '{MAX_ALIGNMENT * 2}' is larger"),
+        (GOOD_START + "a 3 \u00b2\nend 3\n", ":4: expected a non-negative integer, found '\u00b2'"),
+        (GOOD_START + "a 3 \u0663\nend 3\n", r":4: .* \(numbers are written in ASCII digits 0-9\)"),
+        (GOOD_START + f"a 3 {'8' * 4301}\nend 3\n", r":4: size '8{39}8'\.\.\. \(4,301 characters"),
+        (GOOD_START + "a\u00a03 8\nend 3\n", r":4: unknown event 'a\\xa03'"),
         ("pyslab-trace 2\nend 0\n", r":1: not a pyslab trace: expected 'pyslab-trace 1'"),
         ("a 1 16\nend 1\n", r":1: not a pyslab trace"),
         ("", r"empty file"),
@@ -114,6 +124,10 @@ def test_the_recorder_refuses_what_a_trace_cannot_say() -> None:
         recorder.alloc(0)
     with pytest.raises(pyslab.lab.WorkloadError, match="alignment 3"):
         recorder.alloc(8, 3)
+    with pytest.raises(pyslab.lab.WorkloadError, match="a trace holds at most 4,294,967,296"):
+        recorder.alloc(MAX_SIZE + 1)
+    with pytest.raises(pyslab.lab.WorkloadError, match="a trace holds at most 1,048,576"):
+        recorder.alloc(8, MAX_ALIGNMENT * 2)
     assert recorder.events == []
 
 
@@ -230,33 +244,68 @@ def test_a_replayed_capture_validates_under_each_configuration(captures: dict[st
         assert result.allocs == sum(e.op == "a" for e in events)
 
 
-def test_a_truncated_capture_is_read_up_to_its_last_whole_record(tmp_path: Path) -> None:
-    # Uncompressed, a capture is a sequence of records: a cut one is read up to the cut.
+def test_a_truncated_capture_is_refused_or_read_up_to_its_last_whole_record_on_request(
+    tmp_path: Path,
+) -> None:
+    # Uncompressed, a capture is a sequence of records: a cut one is readable up to the cut,
+    # and the header (rewritten when the recording ends) tells how many there should be.
     capture = record(tmp_path, "plain", "--no-compress", "--trace-python-allocators")
     whole = capture.read_bytes()
+    total = read_memray_capture(capture).summary
+    assert total.announced == total.records and not total.partial
     cut = tmp_path / "cut.bin"
     cut.write_bytes(whole[: len(whole) // 2])
     assert is_memray_capture(cut)
-    partial = read_memray_capture(cut)
-    assert 0 < partial.summary.records < read_memray_capture(capture).summary.records
+    with pytest.raises(PartialCaptureError, match=(
+        rf"cut.bin: truncated or damaged memray capture: only [0-9,]+ of the "
+        rf"{total.records:,} records its header announces can be read$"
+    )) as caught:
+        read_memray_capture(cut)
+    assert 0 < caught.value.records < caught.value.announced == total.records
+    partial = read_memray_capture(cut, accept_partial=True)
+    assert partial.summary.records == caught.value.records
+    assert partial.summary.announced == total.records and partial.summary.partial
     assert parse_trace(format_trace(partial.events)) == partial.events
 
 
-def test_a_truncated_compressed_capture_is_read_partly_or_refused(
+def test_a_truncated_compressed_capture_is_refused_naming_the_records_read(
     captures: dict[str, Path], tmp_path: Path,
 ) -> None:
-    # Compressed (memray's default), a cut inside the header makes the file unreadable.
+    # Compressed (memray's default), a cut inside the first block leaves memray nothing to
+    # read; pyslab still reads the header, at the start of that block.
     whole = captures["python"].read_bytes()
     total = read_memray_capture(captures["python"]).summary.records
-    for fraction in (0.1, 0.5, 0.9):
+    for fraction in (0.05, 0.5, 0.9):
         cut = tmp_path / f"cut{fraction}.bin"
         cut.write_bytes(whole[: int(len(whole) * fraction)])
-        try:
-            partial = read_memray_capture(cut)
-        except TraceError as error:
-            assert "not a memray capture" in str(error)
-        else:
-            assert partial.summary.records < total
+        with pytest.raises(TraceError, match=(
+            f"truncated or damaged memray capture: (only [0-9,]+|none) of the {total:,} records"
+        )):
+            read_memray_capture(cut)
+
+
+@pytest.mark.parametrize("options", [(), ("--no-compress",), ("--trace-python-allocators",)])
+def test_the_header_count_of_a_complete_capture_is_its_record_count(
+    tmp_path: Path, options: tuple[str, ...],
+) -> None:
+    threads = (
+        "import threading\n"
+        "def work():\n    keep = [bytearray(100) for _ in range(300)]\n"
+        "ts = [threading.Thread(target=work) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+    )
+    capture = record(tmp_path, "threads", *options, program=PROGRAM + threads)
+    summary = read_memray_capture(capture).summary
+    assert summary.announced == summary.records > 0 and not summary.partial
+
+
+def test_a_header_of_an_unknown_version_is_read_with_a_warning(
+    captures: dict[str, Path], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(pyslab.lab.trace, "_COUNT_OFFSETS", {})
+    with pytest.warns(pyslab.PyslabWarning, match="cannot check that the capture is complete"):
+        summary = read_memray_capture(captures["native"]).summary
+    assert summary.records > 0 and summary.announced is None and not summary.partial
 
 
 def test_files_that_are_not_captures_are_named(tmp_path: Path) -> None:
@@ -280,7 +329,8 @@ def test_an_aggregated_capture_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("options", "message"),
-    [({"allocators": "both"}, "'both'"), ({"max_size": 0}, "not 0"), ({"max_size": "1"}, "'1'")],
+    [({"allocators": "both"}, "'both'"), ({"max_size": 0}, "not 0"), ({"max_size": "1"}, "'1'"),
+     ({"max_size": MAX_SIZE + 1}, f"at most {MAX_SIZE:,}, not {MAX_SIZE + 1}")],
 )
 def test_bad_capture_options_are_named(
     captures: dict[str, Path], options: dict[str, object], message: str,

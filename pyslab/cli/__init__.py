@@ -2,8 +2,12 @@
 
 ``pyslab COMMAND --help`` documents each command; :mod:`pyslab.cli.commands` lists them and
 says how to add one. Exit status: 0 success, 2 usage error (bad option, unknown policy or
-workload name), 1 failure (a bad trace, a file that cannot be read or written, a missing
-library of the ``cli`` extra, an error of the allocator), 130 interrupted.
+workload name, a number beyond its option's limit, an output format that cannot be written),
+1 failure (a bad trace, a file that cannot be read or written, a missing library of the
+``cli`` extra, an error of the allocator, memory exhausted), 130 interrupted. Each error is one
+``pyslab COMMAND: error: ...`` line on stderr, never a traceback. When the reader of standard
+output goes away (``pyslab map | head -1``), the command stops quietly with status 1, as
+Python's documentation recommends for SIGPIPE.
 
 The core (``pyslab`` outside this package) never imports this package; its libraries (rich,
 matplotlib, memray: ``pip install 'pyslab-alloc[cli]'``) are imported only by the commands that
@@ -13,6 +17,7 @@ use them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -20,7 +25,7 @@ from typing import TextIO
 
 import pyslab
 
-from ._common import MissingExtra, UsageError
+from ._common import CommandError, MissingExtra, UsageError
 
 __all__ = ["build_parser", "main"]
 
@@ -47,28 +52,75 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     Never raises for a usage error or a failure: the message goes to stderr and the status
     says which (0, 1, 2, or 130 on Ctrl-C). A :class:`~pyslab.PyslabWarning` (a plugin left out
-    because it fails to load) is one ``pyslab COMMAND: warning: ...`` line on stderr.
+    because it fails to load) is one ``pyslab COMMAND: warning: ...`` line on stderr. A closed
+    standard output (``BrokenPipeError``) ends the command quietly with status 1.
     """
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        return _stdout_gone()
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:
+    except SystemExit as exit_:  # --help, --version, or a usage error
+        _flush_stdout()
         return _status(exit_.code)
     name = f"pyslab {args.command}"
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _warning_line(name, warnings.showwarning)
             status: int = args.run(args)
+            _flush_stdout()
     except UsageError as error:
         print(f"{name}: error: {error}", file=sys.stderr)
         return 2
-    except (pyslab.PyslabError, OSError, MissingExtra) as error:
+    except BrokenPipeError:
+        raise
+    except (pyslab.PyslabError, OSError, MissingExtra, CommandError) as error:
         print(f"{name}: error: {error}", file=sys.stderr)
+        return 1
+    except MemoryError as error:
+        print(f"{name}: error: out of memory: {error or 'no detail'}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
     return status
+
+
+def _flush_stdout() -> None:
+    """Flush standard output: what is still buffered would otherwise meet a closed pipe or a
+    full disk only at exit, where Python reports it on stderr with a traceback.
+
+    Raises: BrokenPipeError; CommandError for any other failed write.
+    """
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise CommandError(
+            f"cannot write standard output: {error.strerror or error}"
+        ) from None
+
+
+def _stdout_gone() -> int:
+    """Standard output was closed by its reader: point it at /dev/null, so that the flush at
+    exit does not fail again, and return status 1 (the recipe of Python's documentation on
+    SIGPIPE)."""
+    try:
+        descriptor = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test's capture)
+        return 1
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
+    return 1
 
 
 def _warning_line(name: str, default: Callable[..., None]) -> Callable[..., None]:

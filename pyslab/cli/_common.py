@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
 import shutil
 import sys
 import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO, TypeAlias
 
 import pyslab
@@ -23,16 +25,24 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_CONFIGURATIONS",
+    "MAX_OPS",
     "SPEC_HELP",
+    "STDOUT",
+    "CommandError",
     "MissingExtra",
     "Subparsers",
     "UsageError",
     "add_output_options",
     "add_policy_option",
+    "check_directory",
     "check_extras",
+    "check_output",
+    "check_report_outputs",
     "cli_extra",
     "configuration",
+    "count",
     "environment",
+    "plot_formats",
     "positive_int",
     "print_entries",
     "print_listing",
@@ -53,8 +63,21 @@ SPEC_HELP: Final = (
 """How ``-p`` documents the spec syntax (:mod:`pyslab.policy.registry`)."""
 
 
+MAX_OPS: Final = 100_000_000
+"""The most calls ``--ops`` (and ``--every``) accepts: the harness keeps 8 bytes of timing per
+call, so 10**8 calls hold 800 MB, and take hours in pure Python."""
+
+STDOUT: Final = "-"
+"""The name of standard output for the text outputs (``--json``, ``--csv``, a trace's OUT)."""
+
+
 class UsageError(Exception):
     """The command line asks for something impossible (exit status 2)."""
+
+
+class CommandError(Exception):
+    """The command cannot be carried out: an output that cannot be written, say (exit
+    status 1, the message on stderr)."""
 
 
 class MissingExtra(ImportError):
@@ -118,15 +141,44 @@ def print_entries(entries: Sequence[PluginEntry]) -> int:
     })
 
 
-def positive_int(text: str) -> int:
-    """An int above 0; underscores allowed (``20_000``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value}")
-    return value
+_DECIMAL: Final = re.compile(r"[0-9]+(?:_[0-9]+)*")
+
+
+def _shown(text: str) -> str:
+    return repr(text) if len(text) <= 40 else f"{text[:40]!r}... ({len(text):,} characters)"
+
+
+def count(maximum: int, minimum: int = 1) -> Callable[[str], int]:
+    """An argparse type: an int from ``minimum`` to ``maximum``, in ASCII digits (underscores
+    between them allowed: ``20_000``). ``int()`` alone would take other scripts' digits and
+    spaces, and refuse more than 4,300 digits with a message of its own.
+
+    The returned function raises argparse.ArgumentTypeError naming the value and the bound it
+    breaks (a usage error, exit status 2).
+    """
+
+    def parse(text: str) -> int:
+        if not _DECIMAL.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected a positive integer, not {_shown(text)}")
+        digits = text.replace("_", "").lstrip("0") or "0"
+        if len(digits) > len(str(maximum)) or int(digits) > maximum:
+            raise argparse.ArgumentTypeError(
+                f"{_shown(text)} is more than the largest accepted, {maximum:,}"
+            )
+        value = int(digits)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(
+                f"expected a positive integer, not {value}" if minimum == 1
+                else f"{value} is less than the smallest accepted, {minimum:,}"
+            )
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+positive_int: Final = count(10**12)
+"""An int from 1 to 10**12 (a count option without a bound of its own)."""
 
 
 def configuration(text: str) -> str:
@@ -164,12 +216,116 @@ def add_policy_option(parser: argparse.ArgumentParser) -> None:
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--json``, ``--csv`` and ``--plot``."""
-    parser.add_argument("--json", metavar="FILE", help="also write every result as JSON")
-    parser.add_argument("--csv", metavar="FILE", help="also write one CSV row per run")
+    parser.add_argument(
+        "--json", metavar="FILE",
+        help="also write every result as JSON ('-': to stdout, the table then goes to stderr)",
+    )
+    parser.add_argument(
+        "--csv", metavar="FILE",
+        help="also write one CSV row per run ('-': to stdout, the table then goes to stderr)",
+    )
     parser.add_argument(
         "--plot", metavar="FILE.png",
-        help="also draw a PNG: a bar chart per metric, and mapped bytes over each run",
+        help="also draw a picture: a bar chart per metric, and mapped bytes over each run "
+        "(the format from the extension: .png, .svg, .pdf...)",
     )
+
+
+# --- output paths: checked before any work --------------------------------------------------
+
+
+def plot_formats() -> frozenset[str]:
+    """The extensions (without the dot) matplotlib can write a figure as.
+
+    Raises: MissingExtra without matplotlib.
+    """
+    with cli_extra():
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    # pgf needs a LaTeX installation: leave it out rather than fail after the work.
+    return frozenset(FigureCanvasAgg.get_supported_filetypes()) - {"pgf"}
+
+
+def check_output(
+    path: str, option: str, formats: Collection[str] | None = None, *, text: bool = True,
+) -> None:
+    """Fail before any work when ``path`` cannot be the file ``option`` writes.
+
+    ``-`` is standard output, accepted for a text output only. Otherwise the path must not be
+    a directory, its directory must exist and take new files (or the file itself be
+    writable), and with ``formats`` its extension must be one of them (a writer that picks
+    its format from the extension would otherwise add one of its own).
+
+    Raises:
+        UsageError: ``-`` for a binary output, or an extension not in ``formats``.
+        CommandError: the path is a directory, its directory is missing, or it cannot be
+            written.
+    """
+    if path == STDOUT:
+        if not text:
+            raise UsageError(
+                f"{option} {STDOUT}: standard output takes text only; give a file name"
+            )
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise CommandError(f"{option} {path!r} is a directory, not a file")
+    if formats is not None:
+        suffix = target.suffix.lower().lstrip(".")
+        if suffix not in formats:
+            known = ", ".join(f".{name}" for name in sorted(formats))
+            problem = f"'.{suffix}' is not a format it can write" if suffix else (
+                "no extension to tell the format"
+            )
+            raise UsageError(f"{option} {path!r}: {problem}; use one of {known}")
+    parent = target.parent
+    if not parent.exists():
+        raise CommandError(f"{option} {path!r}: no such directory: {str(parent)!r}")
+    if not parent.is_dir():
+        raise CommandError(f"{option} {path!r}: {str(parent)!r} is not a directory")
+    if target.exists():
+        if not os.access(target, os.W_OK):
+            raise CommandError(f"{option} {path!r}: the file is not writable")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path!r}: cannot create files in {str(parent)!r}")
+
+
+def check_directory(path: str, option: str) -> None:
+    """Fail before any work when ``path`` cannot be a directory to write files into (created
+    with its missing parents when it does not exist).
+
+    Raises: CommandError naming the path and what is wrong.
+    """
+    target = Path(path)
+    if target.exists():
+        if not target.is_dir():
+            raise CommandError(f"{option} {path!r} exists and is not a directory")
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise CommandError(f"{option} {path!r}: the directory is not writable")
+        return
+    ancestor = target.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"{option} {path!r}: {str(ancestor)!r} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise CommandError(f"{option} {path!r}: cannot create it in {str(ancestor)!r}")
+
+
+def check_report_outputs(args: argparse.Namespace) -> TextIO:
+    """Check ``--json``, ``--csv`` and ``--plot`` (see :func:`check_output`) and return the
+    stream for the table and messages: stderr when a text output goes to stdout.
+
+    Raises: UsageError, CommandError, MissingExtra (``--plot`` without matplotlib).
+    """
+    if args.json == STDOUT and args.csv == STDOUT:
+        raise UsageError(f"--json and --csv cannot both write to standard output ({STDOUT!r})")
+    if args.json:
+        check_output(args.json, "--json")
+    if args.csv:
+        check_output(args.csv, "--csv")
+    if args.plot:
+        check_output(args.plot, "--plot", plot_formats(), text=False)
+    return sys.stderr if STDOUT in (args.json, args.csv) else sys.stdout
 
 
 def unique(items: Sequence[str]) -> list[str]:

@@ -10,12 +10,14 @@ import csv
 import json
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Final, TextIO
 
 from pyslab.lab import RunResult
 
-from ._common import cli_extra
+from ._common import STDOUT, CommandError, cli_extra
 
 __all__ = ["METRICS", "print_table", "report", "write_csv", "write_json", "write_plot"]
 
@@ -72,16 +74,48 @@ def report(
     plot_path: str | None,
     out: TextIO | None = None,
 ) -> None:
-    """Print the table to ``out`` (stdout) and write the files asked for.
+    """Print the table to ``out`` (stdout) and write the files asked for; a path ``-`` is
+    standard output (check the paths first with
+    :func:`~pyslab.cli._common.check_report_outputs`, which also picks ``out``).
 
-    Raises: OSError when a file cannot be written; MissingExtra without rich or matplotlib.
+    Raises: CommandError when a file cannot be written; MissingExtra without rich or
+        matplotlib; BrokenPipeError when standard output is closed.
     """
     stream = out if out is not None else sys.stdout
     print_table(results, meta, stream)
     for path, writer in ((json_path, write_json), (csv_path, write_csv), (plot_path, write_plot)):
         if path:
-            writer(path, results, meta)
-            print(f"wrote {path}", file=stream)
+            with writing(path):
+                writer(path, results, meta)
+            if path != STDOUT:
+                print(f"wrote {path}", file=stream)
+
+
+@contextmanager
+def writing(path: str) -> Iterator[None]:
+    """Turn a failed write of ``path`` (a full disk, say) into one CommandError naming it;
+    a closed standard output stays a BrokenPipeError (the command then stops quietly).
+
+    Raises: CommandError, BrokenPipeError.
+    """
+    try:
+        yield
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise CommandError(f"cannot write {path!r}: {reason}") from None
+
+
+@contextmanager
+def _text_file(path: str, newline: str | None = None) -> Iterator[TextIO]:
+    """``path`` opened for writing text, or standard output for ``-`` (left open)."""
+    if path == STDOUT:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    with open(path, "w", encoding="utf-8", newline=newline) as file:
+        yield file
 
 
 def _cell(value: float | None, unit: str) -> str:
@@ -122,8 +156,9 @@ def print_table(results: Sequence[RunResult], meta: dict[str, object], out: Text
 
 
 def write_json(path: str, results: Sequence[RunResult], meta: dict[str, object]) -> None:
-    """``{"meta": {...}, "runs": [RunResult.to_dict(), ...]}``, samples included."""
-    with open(path, "w", encoding="utf-8") as file:
+    """``{"meta": {...}, "runs": [RunResult.to_dict(), ...]}``, samples included; ``-``:
+    standard output. Raises: OSError."""
+    with _text_file(path) as file:
         json.dump({"meta": meta, "runs": [r.to_dict() for r in results]}, file, indent=1)
         file.write("\n")
 
@@ -138,8 +173,9 @@ _CSV_FIELDS: Final = (
 
 
 def write_csv(path: str, results: Sequence[RunResult], meta: dict[str, object]) -> None:
-    """One row per run; the machine facts repeated in each row (a CSV has no header block)."""
-    with open(path, "w", encoding="utf-8", newline="") as file:
+    """One row per run; the machine facts repeated in each row (a CSV has no header block);
+    ``-``: standard output. Raises: OSError."""
+    with _text_file(path, newline="") as file:
         writer = csv.writer(file)
         writer.writerow((*_CSV_FIELDS, "python", "machine", "pyslab"))
         for result in results:
@@ -153,7 +189,11 @@ def write_csv(path: str, results: Sequence[RunResult], meta: dict[str, object]) 
 def write_plot(path: str, results: Sequence[RunResult], meta: dict[str, object]) -> None:
     """A PNG: one bar chart per metric (a bar per configuration, grouped by workload), then
     mapped bytes over each workload's run, a line per configuration, with the bytes the live
-    blocks requested dashed underneath."""
+    blocks requested dashed underneath. The format is the extension's (checked beforehand by
+    :func:`~pyslab.cli._common.check_output`): never one matplotlib would add.
+
+    Raises: OSError, CommandError (a format matplotlib fails to write); MissingExtra.
+    """
     with cli_extra():
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
@@ -213,4 +253,8 @@ def write_plot(path: str, results: Sequence[RunResult], meta: dict[str, object])
             axes.legend(fontsize=7)
     figure.suptitle(f"pyslab {meta.get('command', 'compare')}: {', '.join(workloads)}"
                     if len(workloads) == 1 else f"pyslab {meta.get('command', 'compare')}")
-    figure.savefig(path, dpi=90)
+    suffix = Path(path).suffix.lower().lstrip(".")
+    try:
+        figure.savefig(path, dpi=90, format=suffix)
+    except (RuntimeError, ValueError) as error:  # a backend that cannot write this format
+        raise CommandError(f"cannot write {path!r}: {error}") from None

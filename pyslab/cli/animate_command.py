@@ -16,11 +16,29 @@ import pyslab
 import pyslab.observe
 from pyslab.observe.animation import animate, default_configurations
 
-from ._common import SPEC_HELP, Subparsers, configuration, positive_int, unique
-from .map_command import _check_viz, add_run_options, make
+from ._common import (
+    MAX_OPS,
+    SPEC_HELP,
+    Subparsers,
+    check_directory,
+    configuration,
+    count,
+    unique,
+)
+from ._report import writing
+from .map_command import MIN_DPI, _check_viz, add_run_options, make
 
 DEFAULT_OPS = 6000
 DEFAULT_FRAMES = 30
+MAX_FRAMES = 1000
+"""The most frames: each is a picture drawn in about a second, and the GIF holds them all."""
+MAX_STRIP_FRAMES = 32
+"""The most frames stacked in strip.png."""
+MAX_FRAME_MS = 60_000
+"""The longest a GIF frame may be shown: a minute (the last frame is shown four times as long)."""
+MAX_DPI = 300
+"""The most pixels per inch of the frames: 3,300 pixels per column, every frame kept in memory
+for the GIF."""
 
 
 def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -40,36 +58,45 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     add_run_options(parser, DEFAULT_OPS)
     parser.add_argument(
-        "--frames", type=positive_int, default=DEFAULT_FRAMES, metavar="N",
-        help=f"frames to take, one every OPS/N calls (default {DEFAULT_FRAMES})",
+        "--frames", type=count(MAX_FRAMES), default=DEFAULT_FRAMES, metavar="N",
+        help=f"frames to take, one every OPS/N calls (default {DEFAULT_FRAMES}; at most "
+        f"{MAX_FRAMES:,})",
     )
-    parser.add_argument("--every", type=positive_int, metavar="N",
+    parser.add_argument("--every", type=count(MAX_OPS), metavar="N",
                         help="take a frame every N calls instead")
     parser.add_argument("--no-gif", action="store_true", help="do not write heap.gif")
     parser.add_argument("--no-strip", action="store_true", help="do not write strip.png")
-    parser.add_argument("--strip-frames", type=positive_int, default=4, metavar="N",
-                        help="frames in strip.png (default 4)")
+    parser.add_argument("--strip-frames", type=count(MAX_STRIP_FRAMES), default=4, metavar="N",
+                        help=f"frames in strip.png (default 4; at most {MAX_STRIP_FRAMES})")
     parser.add_argument("--free-list", action="store_true",
                         help="shade free slots by their place in the free list")
-    parser.add_argument("--frame-ms", type=positive_int, default=250, metavar="MS",
-                        help="milliseconds per GIF frame (default 250)")
-    parser.add_argument("--dpi", type=positive_int, default=60, metavar="N",
-                        help="pixels per inch (each column is 11 inches wide; default 60)")
+    parser.add_argument("--frame-ms", type=count(MAX_FRAME_MS), default=250, metavar="MS",
+                        help=f"milliseconds per GIF frame (default 250; at most "
+                        f"{MAX_FRAME_MS:,})")
+    parser.add_argument("--dpi", type=count(MAX_DPI, MIN_DPI), default=60, metavar="N",
+                        help="pixels per inch (each column is 11 inches wide; default 60; "
+                        f"{MIN_DPI} to {MAX_DPI})")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Record and draw the frames, then say what was written. Returns 0."""
+    """Record and draw the frames, then say what was written. Returns 0.
+
+    Raises: CommandError (DIR cannot be written), MissingExtra, OSError: the main function
+        reports each.
+    """
     _check_viz()
+    check_directory(args.dir, "DIR")
     configs = tuple(unique(args.policy or list(default_configurations())))
     print(f"{args.workload}, {args.ops:,} calls, seed {args.seed}: "
           f"{' vs '.join(configs)}", file=sys.stderr)
-    result = animate(
-        args.dir, configs, make(args.workload), ops=args.ops, seed=args.seed,
-        frames=args.frames, every=args.every, gif=not args.no_gif, strip=not args.no_strip,
-        strip_frames=args.strip_frames, show_free_list=args.free_list,
-        frame_ms=args.frame_ms, dpi=args.dpi,
-    )
+    with writing(args.dir):
+        result = animate(
+            args.dir, configs, make(args.workload), ops=args.ops, seed=args.seed,
+            frames=args.frames, every=args.every, gif=not args.no_gif, strip=not args.no_strip,
+            strip_frames=args.strip_frames, show_free_list=args.free_list,
+            frame_ms=args.frame_ms, dpi=args.dpi,
+        )
     width = max(map(len, configs))
     for config, heap in zip(configs, result.final, strict=True):
         print(f"{config:<{width}}  {len(heap.slabs):>5} slabs  "

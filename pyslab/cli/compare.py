@@ -15,12 +15,14 @@ import pyslab.lab
 
 from ._common import (
     DEFAULT_CONFIGURATIONS,
+    MAX_OPS,
     Subparsers,
     add_output_options,
     add_policy_option,
     check_extras,
+    check_report_outputs,
+    count,
     environment,
-    positive_int,
     run_jobs,
     unique,
     workload_name,
@@ -46,8 +48,8 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         help="a registered workload (repeat for several; default: all; see 'pyslab workloads')",
     )
     parser.add_argument(
-        "--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
-        help=f"calls each workload makes (default {DEFAULT_OPS:,})",
+        "--ops", type=count(MAX_OPS), default=DEFAULT_OPS, metavar="N",
+        help=f"calls each workload makes (default {DEFAULT_OPS:,}; at most {MAX_OPS:,})",
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
     add_output_options(parser)
@@ -57,6 +59,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     """Run every (workload, configuration) pair and report. Returns 0."""
     check_extras(plot=bool(args.plot))
+    out = check_report_outputs(args)
     configs = unique(args.policy or DEFAULT_CONFIGURATIONS)
     names = unique(args.workload or list(pyslab.lab.workloads()))
     ops, seed = args.ops, args.seed
@@ -68,5 +71,5 @@ def run(args: argparse.Namespace) -> int:
     meta = environment(
         command="compare", seed=seed, ops=ops, configurations=configs, workloads=names
     )
-    report(results, meta, args.json, args.csv, args.plot)
+    report(results, meta, args.json, args.csv, args.plot, out)
     return 0

@@ -14,25 +14,29 @@ from typing import get_args
 import pyslab
 import pyslab.lab
 from pyslab.lab.trace import (
+    MAX_SIZE,
     Capture,
     Family,
+    PartialCaptureError,
     TraceError,
     TraceEvent,
     TraceWorkload,
     is_memray_capture,
-    read_memray_capture,
+    read_memray_capture_isolated,
     read_trace,
 )
 
 from ._common import (
     DEFAULT_CONFIGURATIONS,
+    CommandError,
     Subparsers,
     add_output_options,
     add_policy_option,
     check_extras,
+    check_report_outputs,
     cli_extra,
+    count,
     environment,
-    positive_int,
     run_jobs,
     unique,
 )
@@ -40,7 +44,7 @@ from ._report import report
 
 
 def add_capture_options(parser: argparse.ArgumentParser) -> None:
-    """``--allocators`` and ``--max-size``, for reading memray captures."""
+    """``--allocators``, ``--max-size`` and ``--accept-partial``, for reading memray captures."""
     parser.add_argument(
         "--allocators", choices=get_args(Family), default="auto",
         help="which allocator family of a memray capture to keep: the Python object "
@@ -48,8 +52,14 @@ def add_capture_options(parser: argparse.ArgumentParser) -> None:
         "was recorded with --trace-python-allocators (default auto)",
     )
     parser.add_argument(
-        "--max-size", type=positive_int, default=1024, metavar="BYTES",
-        help="largest allocation of a memray capture kept (default 1024, the largest class)",
+        "--max-size", type=count(MAX_SIZE), default=1024, metavar="BYTES",
+        help="largest allocation of a memray capture kept (default 1024, the largest class; "
+        f"at most {MAX_SIZE:,})",
+    )
+    parser.add_argument(
+        "--accept-partial", action="store_true",
+        help="use the records of a memray capture that is cut short, damaged or unfinished "
+        "(fewer records than its header announces) instead of refusing it",
     )
 
 
@@ -58,24 +68,68 @@ def describe_capture(path: str, capture: Capture) -> str:
     summary = capture.summary
     skipped = ", ".join(f"{reason} {count:,}" for reason, count in sorted(summary.skipped.items()))
     implied = f"; {summary.implied_frees:,} implied frees" if summary.implied_frees else ""
+    partial = "" if not summary.partial else (
+        " (partial: its recording never finished)" if summary.announced == 0
+        else f" (partial: its header announces {summary.announced:,})"
+    )
     return (
-        f"{path}: memray capture, {summary.family} allocators: {summary.records:,} records, "
+        f"{path}: memray capture, {summary.family} allocators: {summary.records:,} records"
+        f"{partial}, "
         f"{summary.used:,} used, {summary.skipped_total:,} skipped"
         f"{f' ({skipped})' if skipped else ''}{implied} -> {len(capture.events):,} events"
     )
 
 
-def load(path: str, allocators: Family, max_size: int) -> tuple[list[TraceEvent], str, object]:
+def check_input(path: str, what: str) -> None:
+    """Fail unless ``path`` is a regular file (a directory, a pipe or a device is not a trace).
+
+    Raises: FileNotFoundError, CommandError, naming the path.
+    """
+    target = Path(path)
+    if not target.exists():
+        raise FileNotFoundError(f"no such {what}: {path!r}")
+    if not target.is_file():
+        kind = "a directory" if target.is_dir() else "not a regular file"
+        raise CommandError(f"{what} {path!r} is {kind}")
+
+
+def load_capture(
+    path: str, allocators: Family, max_size: int, accept_partial: bool
+) -> Capture:
+    """Read the memray capture ``path`` in a child process (see
+    :func:`~pyslab.lab.trace.read_memray_capture_isolated`: a damaged capture can crash memray's
+    reader).
+
+    Raises: TraceError (a partial capture's message says how to accept it), OSError;
+        MissingExtra without memray.
+    """
+    with cli_extra():
+        import memray  # noqa: F401  (missing: say so here, not from the child)
+    try:
+        with cli_extra():
+            return read_memray_capture_isolated(
+                path, allocators=allocators, max_size=max_size, accept_partial=accept_partial
+            )
+    except PartialCaptureError as error:
+        raise TraceError(
+            error.source, 0, f"{error.reason} (--accept-partial uses the "
+            f"{error.records:,} records that can be read)"
+        ) from None
+
+
+def load(
+    path: str, allocators: Family, max_size: int, accept_partial: bool = False,
+) -> tuple[list[TraceEvent], str, object]:
     """The events of ``path``, a line describing them, and the capture summary (or None).
 
-    Raises: TraceError, OSError; MissingExtra for a capture without memray installed.
+    Raises: TraceError, OSError, CommandError (not a regular file); MissingExtra for a
+        capture without memray installed.
     """
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"no such trace file: {path!r}")
+    check_input(path, "trace file")
     if is_memray_capture(path):
-        with cli_extra():
-            capture = read_memray_capture(path, allocators=allocators, max_size=max_size)
-        return capture.events, describe_capture(path, capture), vars(capture.summary)
+        capture = load_capture(path, allocators, max_size, accept_partial)
+        summary = {**vars(capture.summary), "partial": capture.summary.partial}
+        return capture.events, describe_capture(path, capture), summary
     events = read_trace(path)
     return events, f"{path}: pyslab trace, {len(events):,} events", None
 
@@ -98,10 +152,17 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Load the trace, replay it under each configuration, report. Returns 0."""
+    """Load the trace, replay it under each configuration, report. Returns 0.
+
+    Raises: TraceError, OSError, CommandError, UsageError, MissingExtra, MemoryError (an
+        event the machine cannot serve): the main function reports each.
+    """
     check_extras(plot=bool(args.plot))
-    events, described, capture = load(args.trace, args.allocators, args.max_size)
-    print(described)
+    out = check_report_outputs(args)
+    events, described, capture = load(
+        args.trace, args.allocators, args.max_size, args.accept_partial
+    )
+    print(described, file=out)
     if not events:
         raise TraceError(args.trace, 0, "nothing to replay: no event was kept")
     workload = TraceWorkload(events, label=Path(args.trace).name)
@@ -115,5 +176,5 @@ def run(args: argparse.Namespace) -> int:
         command="replay", trace=args.trace, events=len(events), configurations=configs,
         capture=capture,
     )
-    report(results, meta, args.json, args.csv, args.plot)
+    report(results, meta, args.json, args.csv, args.plot, out)
     return 0

@@ -11,21 +11,21 @@ The format (one event a line: ``a ID SIZE [ALIGN]``, ``f ID``, ``r ID SIZE [ALIG
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import sys
 
 import pyslab
 import pyslab.lab
 from pyslab.lab.trace import (
     TraceError,
     is_memray_capture,
-    read_memray_capture,
     record_workload,
     write_trace,
 )
 
-from ._common import Subparsers, cli_extra, positive_int, workload_name
+from ._common import MAX_OPS, STDOUT, Subparsers, check_output, count, workload_name
+from ._report import writing
 from .compare import DEFAULT_OPS
-from .replay import add_capture_options, describe_capture
+from .replay import add_capture_options, check_input, describe_capture, load_capture
 
 
 def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
@@ -44,7 +44,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         "pyslab trace, and say how many records were used and skipped (and why).",
     )
     convert.add_argument("capture", metavar="CAPTURE", help="the memray capture")
-    convert.add_argument("out", metavar="OUT", help="the trace to write")
+    convert.add_argument("out", metavar="OUT", help="the trace to write ('-': stdout)")
     add_capture_options(convert)
     record = actions.add_parser(
         "record", help="write the calls of a workload as a pyslab trace",
@@ -52,28 +52,32 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
         "(threads' calls in the order they happened).",
     )
     record.add_argument("workload", type=workload_name, metavar="WORKLOAD")
-    record.add_argument("out", metavar="OUT", help="the trace to write")
-    record.add_argument("--ops", type=positive_int, default=DEFAULT_OPS, metavar="N",
-                        help=f"calls the workload makes (default {DEFAULT_OPS:,})")
+    record.add_argument("out", metavar="OUT", help="the trace to write ('-': stdout)")
+    record.add_argument("--ops", type=count(MAX_OPS), default=DEFAULT_OPS, metavar="N",
+                        help=f"calls the workload makes (default {DEFAULT_OPS:,}; at most "
+                        f"{MAX_OPS:,})")
     record.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    """Convert or record, then say what was written. Returns 0."""
+    """Convert or record, then say what was written (on stderr when OUT is ``-``). Returns 0.
+
+    Raises: TraceError, OSError, CommandError (OUT cannot be written), MissingExtra: the main
+        function reports each.
+    """
+    check_output(args.out, "OUT")
+    messages = sys.stderr if args.out == STDOUT else sys.stdout
     if args.trace_command == "convert":
-        if not Path(args.capture).is_file():
-            raise FileNotFoundError(f"no such capture: {args.capture!r}")
+        check_input(args.capture, "capture")
         if not is_memray_capture(args.capture):
             raise TraceError(args.capture, 0, "not a memray capture")
-        with cli_extra():
-            capture = read_memray_capture(
-                args.capture, allocators=args.allocators, max_size=args.max_size
-            )
-        print(describe_capture(args.capture, capture))
-        count = write_trace(capture.events, args.out)
+        capture = load_capture(args.capture, args.allocators, args.max_size, args.accept_partial)
+        print(describe_capture(args.capture, capture), file=messages)
+        events = capture.events
     else:
         events = record_workload(pyslab.lab.make_workload(args.workload), args.ops, args.seed)
-        count = write_trace(events, args.out)
-    print(f"wrote {count:,} events to {args.out}")
+    with writing(args.out):
+        written = write_trace(events, sys.stdout if args.out == STDOUT else args.out)
+    print(f"wrote {written:,} events to {args.out}", file=messages)
     return 0

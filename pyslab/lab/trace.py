@@ -14,15 +14,20 @@ A UTF-8 text file, one event a line::
 
 - The first line is exactly ``pyslab-trace 1`` (the format's version).
 - ``a ID SIZE [ALIGN]`` allocates, ``f ID`` frees, ``r ID SIZE [ALIGN]`` reallocates. ``ID`` is
-  a decimal int >= 0 naming a block; it may be reused once its block is freed. ``SIZE`` is a
-  positive int; ``ALIGN`` a power of two (default: the allocator's, the pointer size).
+  a decimal int from 0 to :data:`MAX_ID` (2**63 - 1) naming a block; it may be reused once its
+  block is freed. ``SIZE`` is an int from 1 to :data:`MAX_SIZE` (2**32 bytes, 4 GiB); ``ALIGN``
+  a power of two up to :data:`MAX_ALIGNMENT` (2**20, 1 MiB; default: the allocator's, the
+  pointer size).
+- Numbers are written with the ASCII digits ``0``-``9`` only (no sign, no underscore, no other
+  script's digits), and fields are separated by ASCII blanks (spaces, tabs).
 - The last line is ``end COUNT``, COUNT being the number of events: a file cut short has no
   such line and is rejected as truncated.
 - Blocks still live at ``end`` are allowed: they are part of the final state a replay measures.
 
-Every violation (unknown event, malformed number, free or realloc of a block that is not live,
-allocation of a live id, missing or wrong ``end``) raises :class:`TraceError` naming the file
-and line: nothing in a plain trace is skipped.
+Every violation (unknown event, malformed number, a number beyond its limit, free or realloc
+of a block that is not live, allocation of a live id, missing or wrong ``end``) raises
+:class:`TraceError` naming the file, the line and the value: nothing in a plain trace is
+skipped.
 
 memray captures
 ---------------
@@ -47,21 +52,46 @@ one (memray's own totals count frees as allocations). These are skipped, and cou
 An allocation at an address that is still live means its free was not recorded in the chosen
 family: the old block is freed just before (an *implied free*, counted). memray does not record
 alignments (``posix_memalign`` blocks get the default), and the threads' events become one
-sequence in the order memray wrote them. memray's reader cannot tell a truncated capture from
-a complete one: a cut capture is read up to its last whole record, or, when the cut leaves
-its compressed header unreadable, refused as not a capture.
+sequence in the order memray wrote them.
+
+A cut or damaged capture is refused, not read as a shorter program. memray's ``FileReader``
+reads a capture up to the first record it cannot decode and says nothing (it even replaces
+the record count of the header with the number it could read), so pyslab checks the count
+itself: memray rewrites the header when the recording ends, with the number of records
+written, and a capture whose readable records are not that number raises
+:class:`PartialCaptureError` (with ``accept_partial=True``, the records that can be read are
+used and :attr:`CaptureSummary.announced` keeps the header's number). A capture whose header
+was never finished (the recording was killed) is partial the same way. The check reads the
+header's layout of memray's file format versions 11 to 13; for another version it is skipped,
+with a :class:`~pyslab.PyslabWarning`. memray writes no checksum: a damaged byte that still
+decodes as a record goes unnoticed. No more records are read than memray's own first pass
+over the file found readable, but memray's native reader can still crash on a damaged capture
+(a segmentation fault on one flipped byte, among records it counts as readable):
+:func:`read_memray_capture_isolated` reads in a child process and turns such a crash into a
+:class:`TraceError`, as the ``pyslab`` command does.
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
+import pickle
+import re
+import signal
+import string
+import subprocess
+import sys
+import tempfile
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import IO, TYPE_CHECKING, Final, Literal, NamedTuple, TypeAlias
 
-from pyslab.errors import PyslabError
+from pyslab.errors import PyslabError, PyslabWarning
 
 from .workload import Workload, WorkloadError, WorkloadHeap
 
@@ -70,8 +100,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAGIC",
+    "MAX_ALIGNMENT",
+    "MAX_ID",
+    "MAX_SIZE",
     "Capture",
     "CaptureSummary",
+    "PartialCaptureError",
     "TraceError",
     "TraceEvent",
     "TraceRecorder",
@@ -80,6 +114,7 @@ __all__ = [
     "is_memray_capture",
     "parse_trace",
     "read_memray_capture",
+    "read_memray_capture_isolated",
     "read_trace",
     "record_workload",
     "write_trace",
@@ -87,6 +122,16 @@ __all__ = [
 
 MAGIC: Final = "pyslab-trace 1"
 """The first line of every plain trace."""
+
+MAX_SIZE: Final = 1 << 32
+"""The largest block a trace may ask for: 4 GiB, four million times the largest size class.
+Larger requests say nothing about slabs, and libc would refuse them on most machines."""
+
+MAX_ALIGNMENT: Final = 1 << 20
+"""The largest alignment a trace may ask for: 1 MiB, beyond any page, huge page or slab."""
+
+MAX_ID: Final = (1 << 63) - 1
+"""The largest block id (and ``end`` count) of a plain trace."""
 
 _LZ4_MAGIC: Final = b"\x04\x22\x4d\x18"  # memray compresses captures with LZ4 by default
 _MEMRAY_MAGIC: Final = b"memray"  # ... and starts uncompressed ones (--no-compress) with this
@@ -98,13 +143,35 @@ Family: TypeAlias = Literal["auto", "python", "native"]
 class TraceError(PyslabError, ValueError):
     """A trace cannot be read: the message names the file and line and what is wrong there.
 
-    ``source`` is the file (or a label), ``line`` the 1-based line number (0: the whole file).
+    ``source`` is the file (or a label), ``line`` the 1-based line number (0: the whole file),
+    ``reason`` the message without them.
     """
 
     def __init__(self, source: str, line: int, message: str) -> None:
         super().__init__(f"{source}:{line}: {message}" if line else f"{source}: {message}")
         self.source = source
         self.line = line
+        self.reason = message
+
+    def __reduce__(self) -> tuple[type[TraceError], tuple[object, ...]]:
+        return type(self), (self.source, self.line, self.reason)
+
+
+class PartialCaptureError(TraceError):
+    """A memray capture holds fewer (or more) readable records than its header announces: it
+    was cut short, damaged, or its recording never finished.
+
+    ``records`` is the number of records that can be read; ``announced`` the number the header
+    gives (0: the header was never finished).
+    """
+
+    def __init__(self, source: str, message: str, records: int, announced: int) -> None:
+        super().__init__(source, 0, message)
+        self.records = records
+        self.announced = announced
+
+    def __reduce__(self) -> tuple[type[TraceError], tuple[object, ...]]:
+        return type(self), (self.source, self.reason, self.records, self.announced)
 
 
 class TraceEvent(NamedTuple):
@@ -188,22 +255,21 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[TraceEven
     ended = 0
     for number, raw in enumerate(lines, start=1):
         if number == 1:
-            line = raw.strip()
+            line = raw.strip(string.whitespace)
             if line != MAGIC:
-                found = line[:40] + ("..." if len(line) > 40 else "")
                 raise TraceError(
-                    source, 1, f"not a pyslab trace: expected {MAGIC!r}, found {found!r}"
+                    source, 1, f"not a pyslab trace: expected {MAGIC!r}, found {_shown(line)}"
                 )
             continue
-        line = raw.split("#", 1)[0].strip()
+        line = raw.split("#", 1)[0].strip(string.whitespace)
         if not line:
             continue
         if ended:
             raise TraceError(source, number, f"event after the 'end' line {ended}")
-        fields = line.split()
+        fields = _BLANKS.split(line)
         op = fields[0]
         if op == "end":
-            count = _number(fields, 1, 2, source, number, "end COUNT")
+            count = _number(fields, 1, 2, source, number, "end COUNT", "event count", MAX_ID)
             if count != len(events):
                 raise TraceError(
                     source, number, f"'end {count}' but the trace has {len(events)} events"
@@ -211,7 +277,8 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[TraceEven
             ended = number
             continue
         if op == "a":
-            block = _number(fields, 1, (3, 4), source, number, "a ID SIZE [ALIGN]")
+            block = _number(fields, 1, (3, 4), source, number, "a ID SIZE [ALIGN]", "block id",
+                            MAX_ID)
             if block in live:
                 raise TraceError(
                     source, number,
@@ -223,7 +290,8 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[TraceEven
             events.append(TraceEvent("a", block, size, align))
         elif op in ("f", "r"):
             usage = "f ID" if op == "f" else "r ID SIZE [ALIGN]"
-            block = _number(fields, 1, 2 if op == "f" else (3, 4), source, number, usage)
+            block = _number(fields, 1, 2 if op == "f" else (3, 4), source, number, usage,
+                            "block id", MAX_ID)
             if block not in live:
                 why = f"freed at line {freed[block]}" if block in freed else "never allocated"
                 what = "free" if op == "f" else "realloc"
@@ -236,7 +304,9 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[TraceEven
                 size, align = _size_align(fields, source, number)
                 events.append(TraceEvent("r", block, size, align))
         else:
-            raise TraceError(source, number, f"unknown event {op!r} (expected a, f, r or end)")
+            raise TraceError(
+                source, number, f"unknown event {_shown(op)} (expected a, f, r or end)"
+            )
     if number == 0:
         raise TraceError(source, 0, "empty file: not a pyslab trace")
     if not ended:
@@ -246,26 +316,62 @@ def parse_trace(lines: Iterable[str], source: str = "<trace>") -> list[TraceEven
     return events
 
 
+_BLANKS: Final = re.compile(f"[{re.escape(string.whitespace)}]+")
+"""What separates the fields of a line: ASCII blanks only (``str.split`` takes any Unicode
+space)."""
+
+_DIGITS: Final = frozenset(string.digits)
+
+
+def _shown(text: str, limit: int = 40) -> str:
+    """``repr(text)``, or its start and its length when it is longer than ``limit``."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text):,} characters)"
+
+
 def _number(
     fields: list[str], index: int, arity: int | tuple[int, int], source: str, line: int,
-    usage: str,
+    usage: str, what: str, maximum: int,
 ) -> int:
+    """The non-negative int ``fields[index]``, at most ``maximum``, in ASCII digits only.
+
+    ``str.isdigit`` accepts superscripts (which ``int`` refuses) and ``int`` accepts every
+    script's digits and refuses more than 4,300 of them: both are bypassed, so that every bad
+    number gets the same kind of message.
+
+    Raises:
+        TraceError: the line has the wrong number of fields, or the field is not a number of
+            at most ``maximum`` (named as ``what``).
+    """
     low, high = (arity, arity) if isinstance(arity, int) else arity
     if not low <= len(fields) <= high:
-        raise TraceError(source, line, f"expected '{usage}', found {' '.join(fields)!r}")
+        raise TraceError(source, line, f"expected '{usage}', found {_shown(' '.join(fields))}")
     text = fields[index]
-    if not text.isdigit():
-        raise TraceError(source, line, f"expected a non-negative integer, found {text!r}")
-    return int(text)
+    if not _DIGITS.issuperset(text):
+        hint = (
+            " (numbers are written in ASCII digits 0-9)"
+            if any(not c.isascii() and (c.isdigit() or c.isnumeric()) for c in text) else ""
+        )
+        raise TraceError(
+            source, line, f"expected a non-negative integer, found {_shown(text)}{hint}"
+        )
+    digits = text.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)) or int(digits) > maximum:
+        raise TraceError(
+            source, line, f"{what} {_shown(text)} is larger than the largest a trace may hold, "
+            f"{maximum:,}",
+        )
+    return int(digits)
 
 
 def _size_align(fields: list[str], source: str, line: int) -> tuple[int, int | None]:
-    size = _number(fields, 2, len(fields), source, line, "SIZE")
+    size = _number(fields, 2, len(fields), source, line, "SIZE", "size", MAX_SIZE)
     if size == 0:
         raise TraceError(source, line, "size must be positive, not 0")
     if len(fields) == 3:
         return size, None
-    align = _number(fields, 3, len(fields), source, line, "ALIGN")
+    align = _number(fields, 3, len(fields), source, line, "ALIGN", "alignment", MAX_ALIGNMENT)
     if align == 0 or align & (align - 1):
         raise TraceError(source, line, f"alignment must be a power of two, not {align}")
     return size, align
@@ -315,10 +421,19 @@ class TraceRecorder:
 
 
 def _check_request(size: int, align: int | None) -> None:
+    """Refuse what a plain trace cannot hold. Raises: WorkloadError naming the value."""
     if type(size) is not int or size <= 0:
         raise WorkloadError(f"a workload asked for {size!r} bytes: sizes are positive ints")
+    if size > MAX_SIZE:
+        raise WorkloadError(
+            f"a workload asked for {size:,} bytes: a trace holds at most {MAX_SIZE:,}"
+        )
     if align is not None and (type(align) is not int or align <= 0 or align & (align - 1)):
         raise WorkloadError(f"a workload asked for alignment {align!r}: not a power of two")
+    if align is not None and align > MAX_ALIGNMENT:
+        raise WorkloadError(
+            f"a workload asked for alignment {align:,}: a trace holds at most {MAX_ALIGNMENT:,}"
+        )
 
 
 def record_workload(workload: Workload, ops: int, seed: int) -> list[TraceEvent]:
@@ -350,16 +465,32 @@ class TraceWorkload(Workload):
         return self._label
 
     def run(self, heap: WorkloadHeap, ops: int, seed: int) -> None:
-        """Issue every event in order. Complexity: O(events)."""
+        """Issue every event in order.
+
+        Raises:
+            MemoryError: the heap could not serve an event; the message names the trace, the
+                event (1-based) and its request.
+
+        Complexity: O(events).
+        """
         blocks: dict[int, int] = {}  # trace id -> heap block id
         alloc, free, realloc = heap.alloc, heap.free, heap.realloc
-        for op, block, size, align in self.events:
-            if op == "a":
-                blocks[block] = alloc(size, align)
-            elif op == "f":
-                free(blocks.pop(block))
-            else:
-                realloc(blocks[block], size, align)
+        number = 0
+        try:
+            for number, (op, block, size, align) in enumerate(self.events, start=1):  # noqa: B007
+                if op == "a":
+                    blocks[block] = alloc(size, align)
+                elif op == "f":
+                    free(blocks.pop(block))
+                else:
+                    realloc(blocks[block], size, align)
+        except MemoryError as error:
+            op, block, size, align = self.events[number - 1]
+            request = f"{op} {block} {size}" + ("" if align is None else f" {align}")
+            raise MemoryError(
+                f"{self._label}: event {number:,} ({request!r}) cannot be served: "
+                f"{error or 'out of memory'}"
+            ) from None
 
 
 # --- memray captures --------------------------------------------------------------------------
@@ -386,6 +517,15 @@ class CaptureSummary:
     """Records skipped, by reason (see the module docstring)."""
     implied_frees: int = 0
     """Frees added for allocations at a still-live address."""
+    announced: int | None = None
+    """Records the capture's header announces (0: its recording never finished); None when
+    the header could not be checked. Differs from ``records`` only in a partial capture read
+    with ``accept_partial=True``."""
+
+    @property
+    def partial(self) -> bool:
+        """True when fewer (or more) records were read than the header announces."""
+        return self.announced is not None and self.announced != self.records
 
     @property
     def skipped_total(self) -> int:
@@ -413,27 +553,43 @@ _NATIVE_FAMILY: Final = frozenset({
 
 
 def read_memray_capture(
-    path: StrPath, *, allocators: Family = "auto", max_size: int = 1024
+    path: StrPath, *, allocators: Family = "auto", max_size: int = 1024,
+    accept_partial: bool = False,
 ) -> Capture:
     """Turn a memray capture into checked events (rules in the module docstring).
 
     Args:
         allocators: ``"python"``, ``"native"``, or ``"auto"``: python when the capture was
             recorded with ``--trace-python-allocators``, native otherwise.
-        max_size: the largest allocation kept (default 1024, the largest default class).
+        max_size: the largest allocation kept (default 1024, the largest default class; at
+            most :data:`MAX_SIZE`).
+        accept_partial: read a capture that is cut short, damaged or unfinished up to the
+            last record memray can read, instead of raising :class:`PartialCaptureError`
+            (:attr:`CaptureSummary.announced` then tells how many records it should hold).
 
     Raises:
-        TraceError: the file is not a memray capture, or an aggregated one (``--aggregate``)
-            that has no per-allocation records.
+        PartialCaptureError: the capture holds another number of readable records than its
+            header announces (cut short, damaged, or never finished), and ``accept_partial``
+            is false. The message gives both numbers.
+        TraceError: the file is not a memray capture, memray cannot read it at all (cut or
+            damaged in its first bytes), or it is an aggregated one (``--aggregate``) that has
+            no per-allocation records.
         ValueError: ``allocators`` or ``max_size`` is invalid.
         ImportError: memray is not installed (it comes with ``pyslab-alloc[cli]``).
+        OSError: the file cannot be read.
+
+    Warns:
+        PyslabWarning: the header is of a memray file format version whose layout pyslab does
+            not know, so the capture's completeness cannot be checked.
 
     Complexity: O(records); one dict entry per live kept address.
     """
     if allocators not in ("auto", "python", "native"):
         raise ValueError(f"allocators must be 'auto', 'python' or 'native', not {allocators!r}")
-    if type(max_size) is not int or max_size <= 0:
-        raise ValueError(f"max_size must be a positive int, not {max_size!r}")
+    if type(max_size) is not int or not 0 < max_size <= MAX_SIZE:
+        raise ValueError(
+            f"max_size must be a positive int of at most {MAX_SIZE:,}, not {max_size!r}"
+        )
     try:
         import memray
     except ImportError as exc:  # pragma: no cover - memray is in the cli and dev extras
@@ -443,21 +599,261 @@ def read_memray_capture(
     source = os.fspath(path)
     if not Path(source).is_file():
         raise FileNotFoundError(f"no such capture: {source!r}")
+    version, announced = _capture_header(source)
+    # memray logs each record it cannot decode on stderr; the error raised here says it once.
+    set_log_level = getattr(memray, "set_log_level", lambda level: None)
+    set_log_level(logging.CRITICAL)
+    try:
+        return _read_capture(
+            memray, source, allocators, max_size, accept_partial, version, announced
+        )
+    finally:
+        set_log_level(logging.WARNING)  # memray's default
+
+
+def read_memray_capture_isolated(
+    path: StrPath, *, allocators: Family = "auto", max_size: int = 1024,
+    accept_partial: bool = False,
+) -> Capture:
+    """:func:`read_memray_capture` in a child process, so that a damaged capture that crashes
+    memray's native reader (a segmentation fault or an abort, seen on single flipped bytes,
+    even among records memray counts as readable) becomes a :class:`TraceError`, not the end
+    of this process.
+
+    Args and Raises: as :func:`read_memray_capture` (its warnings are warned again here), and
+        TraceError when the child dies of a signal or fails in another way.
+
+    Complexity: that of :func:`read_memray_capture`, plus starting Python and pickling the
+    events.
+    """
+    source = os.fspath(path)
+    if not Path(source).is_file():
+        raise FileNotFoundError(f"no such capture: {source!r}")
+    root = str(Path(__file__).resolve().parent.parent.parent)  # the pyslab being run
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+    )}
+    with tempfile.TemporaryDirectory(prefix="pyslab-capture-") as directory:
+        result = Path(directory) / "capture.pickle"
+        code = "import sys; from pyslab.lab.trace import _read_in_child; _read_in_child(sys.argv)"
+        run = subprocess.run(
+            [sys.executable, "-c", code, source, str(allocators), repr(max_size),
+             "1" if accept_partial else "0", str(result)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            env=env, check=False,
+        )
+        if run.returncode < 0:
+            try:
+                name = signal.Signals(-run.returncode).name
+            except ValueError:
+                name = f"signal {-run.returncode}"
+            raise TraceError(
+                source, 0, f"damaged memray capture: memray's reader crashed on it ({name})"
+            )
+        if run.returncode != 0 or not result.is_file():
+            lines = run.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+            raise TraceError(source, 0, f"the capture cannot be read: {lines[-1][:300]}")
+        kind, value, warned = pickle.loads(result.read_bytes())
+    for message in warned:
+        warnings.warn(message, PyslabWarning, stacklevel=2)
+    if kind == "error":
+        raise value
+    capture: Capture = value
+    return capture
+
+
+def _read_in_child(argv: list[str]) -> None:
+    """The child of :func:`read_memray_capture_isolated`: ``argv`` is ``[-c, SOURCE,
+    ALLOCATORS, MAX_SIZE, ACCEPT_PARTIAL, RESULT]``; the outcome (the capture, or the error
+    raised) and the warnings go to the pickle file RESULT."""
+    _, source, allocators, max_size, accept, result = argv
+    outcome: tuple[str, object, list[str]]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            capture = read_memray_capture(
+                source, allocators=allocators, max_size=int(max_size),  # type: ignore[arg-type]
+                accept_partial=accept == "1",
+            )
+            outcome = ("capture", capture, [])
+        except (TraceError, ValueError, OSError, ImportError) as error:
+            outcome = ("error", error, [])
+    outcome[2].extend(str(w.message) for w in caught if issubclass(w.category, PyslabWarning))
+    Path(result).write_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _read_capture(
+    memray: ModuleType, source: str, allocators: Family, max_size: int, accept_partial: bool,
+    version: int | None, announced: int | None,
+) -> Capture:
+    """:func:`read_memray_capture` once the header is read. Raises: as it does."""
+    # memray's reader is native code reading untrusted bytes: whatever it raises (OSError,
+    # UnicodeDecodeError, KeyError, ValueError... all seen on damaged captures) means that
+    # the file cannot be read, and becomes a TraceError naming the file.
     try:
         reader = memray.FileReader(source)
-    except OSError as exc:
-        raise TraceError(source, 0, f"not a memray capture ({exc})") from None
+    except Exception as exc:  # see above
+        if announced is not None:
+            raise TraceError(
+                source, 0, f"truncated or damaged memray capture: none of the {announced:,} "
+                f"records its header announces can be read ({_reason(exc)})",
+            ) from None
+        raise TraceError(source, 0, f"not a memray capture ({_reason(exc)})") from None
     try:
-        if reader.metadata.file_format == memray.FileFormat.AGGREGATED_ALLOCATIONS:
+        try:
+            metadata = reader.metadata
+            aggregated = metadata.file_format == memray.FileFormat.AGGREGATED_ALLOCATIONS
+            traced = bool(metadata.trace_python_allocators)
+            readable = int(metadata.total_allocations)  # what memray's first pass could read
+        except Exception as exc:  # as above
+            raise TraceError(
+                source, 0, f"damaged memray capture: its header cannot be read ({_reason(exc)})"
+            ) from None
+        if aggregated:
             raise TraceError(
                 source, 0, "an aggregated capture (memray run --aggregate) has no per-allocation "
                 "records: record it again without --aggregate",
             )
-        if allocators == "auto":
-            allocators = "python" if reader.metadata.trace_python_allocators else "native"
-        return _convert(reader.get_allocation_records(), allocators, max_size)
+        if announced is None:
+            warnings.warn(
+                f"{source}: cannot check that the capture is complete: pyslab does not know "
+                f"the header of memray's file format version {version}",
+                PyslabWarning, stacklevel=3,
+            )
+        elif readable != announced and not accept_partial:
+            raise _partial(source, readable, announced)
+        family = ("python" if traced else "native") if allocators == "auto" else allocators
+        # Never past what the first pass read: memray's reader can crash past a damaged record.
+        records = _guarded(itertools.islice(reader.get_allocation_records(), readable), source)
+        capture = _convert(records, family, max_size)
     finally:
         reader.close()
+    capture.summary.announced = announced
+    if announced is not None and capture.summary.records != announced and not accept_partial:
+        raise _partial(source, capture.summary.records, announced)
+    return capture
+
+
+def _partial(source: str, records: int, announced: int) -> PartialCaptureError:
+    if announced == 0:
+        message = (
+            f"incomplete memray capture: its recording never finished (was the program "
+            f"killed?); {records:,} records can be read"
+        )
+    elif records < announced:
+        message = (
+            f"truncated or damaged memray capture: only {records:,} of the {announced:,} "
+            "records its header announces can be read"
+        )
+    else:
+        message = (
+            f"damaged memray capture: {records:,} records can be read, but its header "
+            f"announces {announced:,}"
+        )
+    return PartialCaptureError(source, message, records, announced)
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
+def _guarded(records: Iterable[AllocationRecord], source: str) -> Iterator[AllocationRecord]:
+    """``records``, with whatever memray raises while reading them as a TraceError."""
+    iterator = iter(records)
+    count = 0
+    while True:
+        try:
+            record = next(iterator)
+        except StopIteration:
+            return
+        except Exception as exc:  # see _read_capture
+            raise TraceError(
+                source, 0, f"damaged memray capture: memray fails after {count:,} records "
+                f"({_reason(exc)})",
+            ) from None
+        count += 1
+        yield record
+
+
+_HEADER_MAGIC: Final = b"memray\0"
+_COUNT_OFFSETS: Final = {11: 13, 12: 17, 13: 17}
+"""Where the header's record count (a little-endian u64, ``stats.n_allocations``) sits, by
+memray file format version: after the magic, the version, the Python version (12 and later),
+``native_traces`` and ``file_format``."""
+_HEADER_BYTES: Final = max(_COUNT_OFFSETS.values()) + 8
+
+
+def _capture_header(source: str) -> tuple[int | None, int | None]:
+    """(file format version, records announced) from the header of the capture ``source``;
+    None for what cannot be read (not a capture, cut in its first bytes, unknown version).
+
+    Raises: OSError: the file cannot be read. Complexity: O(1).
+    """
+    with open(source, "rb") as file:
+        head: bytes | None = file.read(4096)
+    if head is not None and head.startswith(_LZ4_MAGIC):
+        head = _lz4_start(head, _HEADER_BYTES)
+    if head is None or len(head) < 11 or not head.startswith(_HEADER_MAGIC):
+        return None, None
+    version = int.from_bytes(head[7:11], "little")
+    offset = _COUNT_OFFSETS.get(version)
+    if offset is None or len(head) < offset + 8:
+        return version, None
+    return version, int.from_bytes(head[offset:offset + 8], "little")
+
+
+def _lz4_start(frame: bytes, want: int) -> bytes | None:
+    """The first ``want`` bytes of the data an LZ4 frame holds (memray compresses captures so),
+    decoded from the start of its first block; None when ``frame`` ends or breaks first.
+
+    Complexity: O(want + the bytes of ``frame`` read).
+    """
+    if len(frame) < 7:
+        return None
+    flags = frame[4]
+    # magic, FLG, BD, [content size], [dictionary id], header checksum
+    pos = 6 + (8 if flags & 0x08 else 0) + (4 if flags & 0x01 else 0) + 1
+    if len(frame) < pos + 4:
+        return None
+    size = int.from_bytes(frame[pos:pos + 4], "little")
+    pos += 4
+    if size & 0x80000000:  # a block stored as is
+        stored = frame[pos:pos + (size & 0x7FFFFFFF)]
+        return stored[:want] if len(stored) >= want else None
+    end = min(len(frame), pos + size)
+    out = bytearray()
+
+    def length(base: int) -> int | None:
+        nonlocal pos
+        if base != 15:
+            return base
+        while pos < end:
+            byte = frame[pos]
+            pos += 1
+            base += byte
+            if byte != 255:
+                return base
+        return None
+
+    while len(out) < want and pos < end:
+        token = frame[pos]
+        pos += 1
+        literals = length(token >> 4)
+        if literals is None:
+            return None
+        out += frame[pos:min(pos + literals, end)]
+        pos += literals
+        if len(out) >= want or pos + 2 > end:
+            break
+        offset = frame[pos] | frame[pos + 1] << 8
+        pos += 2
+        match = length(token & 15)
+        if match is None or not 0 < offset <= len(out):
+            return None
+        for _ in range(min(match + 4, want - len(out))):
+            out.append(out[-offset])
+    return bytes(out[:want]) if len(out) >= want else None
 
 
 def _convert(records: Iterable[AllocationRecord], family: str, max_size: int) -> Capture:
