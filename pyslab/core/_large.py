@@ -50,7 +50,11 @@ class TrackedBlocks:
             MemoryError: no memory is left; nothing is recorded.
         """
         address = self._serve(size, alignment)
-        self._track(address, size)
+        try:
+            self._track(address, size)
+        except MemoryError:
+            self._give_back(address, size)  # not tracked, so not kept
+            raise
         return address
 
     def record(self, address: int, size: int) -> None:
@@ -59,22 +63,41 @@ class TrackedBlocks:
         self._from_libc.add(address)
 
     def _track(self, address: int, size: int) -> None:
-        self.sizes[address] = size
-        self.total += size
+        # The new total and the forgetting first: the last step that can fail (the dict may
+        # grow) comes next, and nothing after it allocates.
+        total = self.total + size
         self._recently_freed.pop(address, None)
+        self.sizes[address] = size
+        self.total = total
 
     def release(self, address: int) -> None:
         """Give a live block back (the caller checked :meth:`holds` first)."""
-        size = self.sizes.pop(address)
-        self.total -= size
-        if address in self._from_libc:
-            self._from_libc.discard(address)
-            _libc.system_free(address)
-        else:
-            self._give_back(address, size)
-        self._recently_freed[address] = None
-        if len(self._recently_freed) > _REMEMBERED_FREES:
-            self._recently_freed.popitem(last=False)
+        size = self.sizes[address]
+        before = self.total
+        total = before - size
+        from_libc = address in self._from_libc
+        # Forgotten first, given back second: an exception between the two (a signal
+        # handler's, at the call) then leaks the block at worst, never frees it twice.
+        del self.sizes[address]
+        self.total = total
+        try:
+            if from_libc:
+                _libc.system_free(address)
+            else:
+                self._give_back(address, size)
+        except MemoryError:
+            # Raised before the block reached C (no memory to pass its address): still the
+            # caller's, so tracked again, and the free reported as failed.
+            self.sizes[address] = size
+            self.total = before
+            raise
+        self._from_libc.discard(address)
+        try:
+            self._recently_freed[address] = None
+            if len(self._recently_freed) > _REMEMBERED_FREES:
+                self._recently_freed.popitem(last=False)
+        except MemoryError:
+            pass  # only a later error message's wording ("double free") depends on it
 
     def holds(self, address: int) -> bool:
         """True when ``address`` is a live large block."""

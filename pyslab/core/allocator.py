@@ -37,7 +37,7 @@ from ._large import SystemFallback
 from ._layout import DEFAULT_SIZE_CLASSES, DEFAULT_SLAB_SIZE, build_tables, check_layout
 from ._layout import slot_alignment as _slot_alignment
 from .clients import ClientT, HeapClient
-from .guard import CallGuard, Deferred
+from .guard import FRAME_FAILURE, NO_EXCEPTION_SET, CallGuard, Deferred, is_out_of_memory
 from .invariants import check_class, check_slab, check_source, check_unsettled
 from .memory import WORD_SHIFT, WORDS, copy, fill
 from .pages import LargeObjects, MmapPageSource, PageSource
@@ -304,48 +304,113 @@ class SlabAllocator(CallGuard):
                     lock = self._lock
                     lock.acquire()
                     if self._busy:
-                        try:
-                            return self._alloc_reentrant(size, align)
-                        finally:
-                            lock.release()
+                        return self._alloc_busy(size, align)  # releases the lock
                     self._busy = True
+                    # Not try/finally: see "Out of memory" in pyslab.core.guard.
                     try:
-                        return self._take(size_class, size)
-                    finally:
-                        self._busy = False
-                        if self._backlog:
-                            self._settle_and_release()
-                        else:
-                            lock.release()
+                        address = self._take(size_class, size)
+                    except BaseException as error:
+                        failure: BaseException | None = error
+                    else:
+                        failure = None
+                    self._busy = False
+                    if self._backlog:
+                        self._settle_and_release()
+                    else:
+                        lock.release()
+                    if failure is not None:
+                        # Inline, not a call: a call could itself fail for want of a frame.
+                        if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                            raise MemoryError(FRAME_FAILURE) from failure
+                        raise failure
+                    return address
         return self._alloc_unusual(size, align)
+
+    def _alloc_busy(self, size: int, align: int) -> int:
+        """``alloc`` found the heap busy (lock held): a re-entrant call. Releases the lock."""
+        try:
+            return self._alloc_reentrant(size, align)
+        finally:
+            self._lock.release()
 
     def _take_plain(self, size_class: SizeClass, size: int) -> int:
         # Lock held, busy set. Invariant: current is None or has a free slot.
+        # Compute, then commit: every new value (each a fresh int, which may fail to allocate)
+        # is computed before the first write, and the writes are attribute stores and a dict
+        # deletion, which allocate nothing and call nothing. An exception before them, out of
+        # memory or a signal handler's, leaves the heap as it was; nothing can fail after.
         slab = size_class.current or self._refill(size_class)
         address = slab.free
         if address:
-            slab.free = WORDS[address >> WORD_SHIFT]
+            after = WORDS[address >> WORD_SHIFT]
+            bump = slab.bump
         else:
             address = slab.bump
-            slab.bump = address + slab.slot_size
-        slab.live |= 1 << ((address - slab.base) >> WORD_SHIFT)
+            after = 0
+            bump = address + slab.slot_size
+        live = slab.live | 1 << ((address - slab.base) >> WORD_SHIFT)
         used = slab.used + 1
+        full = size_class.full + 1 if used == slab.capacity else 0
+        class_live = size_class.live + 1
+        # --- commit ---
+        slab.free = after
+        slab.bump = bump
+        slab.live = live
         slab.used = used
         if used == 1:
             del size_class.empty[slab]
-        if used == slab.capacity:
+        if full:
             size_class.current = None
-            size_class.full += 1
-        live = size_class.live + 1
-        size_class.live = live
-        if live > size_class.peak:
-            size_class.peak = live
+            size_class.full = full
+        size_class.live = class_live
+        if class_live > size_class.peak:
+            size_class.peak = class_live
         return address
 
     def _take_observed(self, size_class: SizeClass, size: int) -> int:
+        # The plain take written out again, with the observers between its stores and the
+        # slab's leaving ``empty``: when an observer raises, the stores are undone with the
+        # values saved here (stores allocate nothing) and the slab never left ``empty``
+        # (putting it back could need the dict to grow, which could fail). The plain path
+        # stays one function, without this bookkeeping: it is the hot path.
         slab = size_class.current or self._refill(size_class)
-        address = self._take_plain(size_class, size)
-        self._block_allocated(slab, address, size)
+        saved = (slab.free, slab.bump, slab.live, slab.used, size_class.current,
+                 size_class.full, size_class.live, size_class.peak)
+        address = slab.free
+        if address:
+            after = WORDS[address >> WORD_SHIFT]
+            bump = slab.bump
+        else:
+            address = slab.bump
+            after = 0
+            bump = address + slab.slot_size
+        live = slab.live | 1 << ((address - slab.base) >> WORD_SHIFT)
+        used = slab.used + 1
+        full = size_class.full + 1 if used == slab.capacity else 0
+        class_live = size_class.live + 1
+        # --- commit, but for ``empty`` ---
+        slab.free = after
+        slab.bump = bump
+        slab.live = live
+        slab.used = used
+        if full:
+            size_class.current = None
+            size_class.full = full
+        size_class.live = class_live
+        if class_live > size_class.peak:
+            size_class.peak = class_live
+        try:
+            self._block_allocated(slab, address, size)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None:
+            (slab.free, slab.bump, slab.live, slab.used, size_class.current,
+             size_class.full, size_class.live, size_class.peak) = saved
+            raise failure
+        if used == 1:
+            del size_class.empty[slab]
         return address
 
     def _refill(self, size_class: SizeClass) -> MemorySlab:
@@ -391,6 +456,42 @@ class SlabAllocator(CallGuard):
 
     def _new_slab(self, size_class: SizeClass) -> MemorySlab:
         serial = self._serial
+        following = serial + 1
+        color = self._color(size_class, serial)
+        base = self._source.map_slab(self._slab_size)
+        try:
+            slab = MemorySlab(size_class, base, color, self._slab_size, serial)
+            self._list_slab(size_class, slab)
+        except BaseException:
+            self._source.release_slab(base, self._slab_size)
+            raise
+        self._serial = following
+        return slab
+
+    def _list_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """List a new slab in its class, then tell the policy.
+
+        Each step may fail (a dict may need to grow, a policy hook may run out of memory, a
+        signal handler may raise at the hook's call); every failure is undone by deletions,
+        which allocate nothing, so that no side lists a slab the other does not.
+        """
+        size_class.slabs[slab] = None
+        try:
+            size_class.empty[slab] = None
+            if self._slab_added is not None:
+                self._slab_added(size_class, slab)
+        except BaseException:
+            size_class.empty.pop(slab, None)
+            del size_class.slabs[slab]
+            raise
+
+    def _color(self, size_class: SizeClass, serial: int) -> int:
+        """The policy's ``slab_color`` for the next slab, checked.
+
+        Raises:
+            PolicyError: the offset is not a multiple of the class's alignment leaving room
+                for one slot.
+        """
         color = self._slab_color(size_class, serial)
         if (
             type(color) is not int
@@ -402,21 +503,7 @@ class SlabAllocator(CallGuard):
                 f"slab_color gave {color!r} for the {size_class.slot_size}-byte class: it must "
                 f"be a multiple of {size_class.alignment} leaving room for one slot"
             )
-        base = self._source.map_slab(self._slab_size)
-        try:
-            slab = MemorySlab(size_class, base, color, self._slab_size, serial)
-            # The policy learns of the slab before the core lists it, and nothing between the
-            # two can be interrupted: an exception (a signal handler's, at a call) leaves at
-            # worst a mapping that nobody lists, never a slab one side lists and not the other.
-            if self._slab_added is not None:
-                self._slab_added(size_class, slab)
-        except BaseException:
-            self._source.release_slab(base, self._slab_size)
-            raise
-        self._serial = serial + 1
-        size_class.slabs[slab] = None
-        size_class.empty[slab] = None
-        return slab
+        return color
 
     def _alloc_reentrant(self, size: int, align: int) -> int:
         # A finalizer or signal handler interrupted an allocator call on this thread: the slab
@@ -472,7 +559,11 @@ class SlabAllocator(CallGuard):
         if total > sys.maxsize:
             raise MemoryError(f"calloc({count}, {size}) asks for more than the address space")
         address = self.alloc(total, align)
-        fill(address, 0, total)
+        try:
+            fill(address, 0, total)
+        except MemoryError:
+            self.free(address)  # with memory this short, the zeroing failed: nothing is kept
+            raise
         return address
 
     def realloc(self, ptr: int | None, size: int, align: int = WORD) -> int:
@@ -492,16 +583,40 @@ class SlabAllocator(CallGuard):
         if ptr is None or ptr == 0:
             return self.alloc(size, align)
         size, align = _checked_size(size, "size"), _checked_alignment(align)
-        with self._lock:
-            old_size = self.usable_size(ptr)
-            if not self._policy.frontends:  # a front end may lay blocks out its own way
-                slab = self._find_owner(ptr)
-                if slab is not None and self._class_for(size, align) is slab.size_class:
-                    return ptr
-            new = self.alloc(size, align)
+        lock = self._lock
+        lock.acquire()  # held across the three steps: no other thread sees the block twice
+        # Not try/finally: see "Out of memory" in pyslab.core.guard.
+        try:
+            new = self._move(ptr, size, align)
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        lock.release()
+        if failure is not None:
+            # Inline, not a call: a call could itself fail for want of a frame.
+            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(FRAME_FAILURE) from failure
+            raise failure
+        return new
+
+    def _move(self, ptr: int, size: int, align: int) -> int:
+        """``realloc`` under the lock: in place when the class is the same, else allocate,
+        copy and free, undoing the allocation if the copy or the free fails (the old block
+        then stays live, untouched)."""
+        old_size = self.usable_size(ptr)
+        if not self._policy.frontends:  # a front end may lay blocks out its own way
+            slab = self._find_owner(ptr)
+            if slab is not None and self._class_for(size, align) is slab.size_class:
+                return ptr
+        new = self.alloc(size, align)
+        try:
             copy(new, ptr, min(old_size, size))
             self.free(ptr)
-            return new
+        except BaseException:
+            self.free(new)
+            raise
+        return new
 
     # --- freeing ----------------------------------------------------------------------------
 
@@ -533,18 +648,27 @@ class SlabAllocator(CallGuard):
             lock.release()
             return
         self._busy = True
+        # Not try/finally: see "Out of memory" in pyslab.core.guard.
         try:
             slab = self._find_owner(ptr)
             if slab is None:
                 self._free_large(ptr)
             else:
                 self._give_back(slab, ptr)
-        finally:
-            self._busy = False
-            if self._backlog:
-                self._settle_and_release()
-            else:
-                lock.release()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        self._busy = False
+        if self._backlog:
+            self._settle_and_release()
+        else:
+            lock.release()
+        if failure is not None:
+            # Inline, not a call: a call could itself fail for want of a frame.
+            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(FRAME_FAILURE) from failure
+            raise failure
 
     def _free_locked(self, ptr: int) -> None:
         """``free`` for the slow paths (backlog, batches): lock held, busy set."""
@@ -557,32 +681,63 @@ class SlabAllocator(CallGuard):
             self._give_back(slab, ptr)
 
     def _give_back_plain(self, slab: MemorySlab, ptr: int) -> None:
-        # Lock held, busy set. Every check comes before the first write, so that a rejected
-        # address leaves the slab exactly as it was.
+        # Lock held, busy set. Check, compute, then commit, as _take_plain: every check and
+        # every new value comes before the first write, so that a rejected address, or a
+        # value that cannot be allocated, leaves the slab exactly as it was. The one write
+        # that may allocate, a slab joining ``empty`` (the dict may grow), comes first: until
+        # the stores below, a slab listed as empty with a live block is seen by nobody.
         bit = 1 << ((ptr - slab.base) >> WORD_SHIFT)
         live = slab.live
         if not live & bit:
             raise self._bad_address(ptr, slab)
-        # From the first write to the last, no Python function is called: a signal handler
-        # (Ctrl-C) runs only at a call, so an exception it raises finds the heap consistent.
-        slab.live = live ^ bit
-        WORDS[ptr >> WORD_SHIFT] = slab.free
-        slab.free = ptr
+        live ^= bit
+        word = ptr >> WORD_SHIFT
         used = slab.used
-        slab.used = used - 1
+        remaining = used - 1
         size_class = slab.size_class
-        size_class.live -= 1
-        if used == slab.capacity:
-            size_class.full -= 1
-            if size_class.current is None:
-                size_class.current = slab
+        class_live = size_class.live - 1
+        was_full = used == slab.capacity
+        full = size_class.full - 1 if was_full else 0
         if used == 1:
             size_class.empty[slab] = None
-        # The core is consistent here; the policy is asked only now.
-        if used == slab.capacity and self._slab_refilled is not None:
-            self._slab_refilled(size_class, slab)
-        if used == 1 and not self._keep_empty(size_class, slab):
-            self._release_slab(size_class, slab)
+        # --- commit: no call, no allocation, from the first store to the last ---
+        slab.live = live
+        WORDS[word] = slab.free
+        slab.free = ptr
+        slab.used = remaining
+        size_class.live = class_live
+        if was_full:
+            size_class.full = full
+            if size_class.current is None:
+                size_class.current = slab
+        # The block is free and the core consistent; the policy is told only now.
+        if was_full and self._slab_refilled is not None:
+            self._tell_refilled(size_class, slab)
+        if used == 1:
+            self._offer_empty(size_class, slab)
+
+    def _tell_refilled(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """Tell the policy a full slab got a free slot. Advice the free does not depend on
+        (the core has made the slab ``current`` if the class had none): if memory runs out
+        while telling it, the free has still happened, which is what the caller must hear."""
+        try:
+            self._slab_refilled(size_class, slab)  # type: ignore[misc]
+        except BaseException as error:
+            if not is_out_of_memory(error):
+                raise
+
+    def _offer_empty(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """Ask the policy whether the slab that just became empty stays cached; release it
+        if not. The free that emptied it has happened: if memory runs out while asking or
+        releasing, the slab stays cached (a valid state, in ``empty``), and the next free that
+        empties a slab, ``shrink()`` or ``close()`` gives it back."""
+        try:
+            keep = self._keep_empty(size_class, slab)
+            if not keep:
+                self._release_slab(size_class, slab)
+        except BaseException as error:
+            if not is_out_of_memory(error):
+                raise
 
     def _give_back_observed(self, slab: MemorySlab, ptr: int) -> None:
         self._give_back_plain(slab, ptr)

@@ -206,30 +206,40 @@ class ArenaPageSource:
 
         Complexity: O(log extents) to find the place, O(extents) for the list insertion.
         """
-        with self._lock:
-            if self._closed:
-                raise ValueError("the arena is closed")
-            end = address + size
-            if not self.start <= address < end <= self.end:
-                raise ValueError(f"{size} bytes at {address:#x} are not inside the arena")
-            free = self._free
-            index = bisect.bisect_left(free, (address, 0))
-            before = free[index - 1] if index > 0 else None
-            after = free[index] if index < len(free) else None
-            if (before is not None and before[0] + before[1] > address) or (
-                after is not None and after[0] < end
-            ):
-                raise ValueError(f"{size} bytes at {address:#x} overlap a free extent")
-            _libc.madvise_dontneed(address, size)  # zero again, and out of the resident set
-            start = address
-            if before is not None and before[0] + before[1] == address:
-                index -= 1
-                start = before[0]
+        with self._lock:  # the body is a call of its own: see "Out of memory" in core.guard
+            self._give_locked(address, size)
+
+    def _give_locked(self, address: int, size: int) -> None:
+        # Check and compute everything first; then the one write that may allocate (an
+        # insertion that grows the list) is the only write, or the writes are an item
+        # assignment and a deletion, which allocate nothing: out of memory changes nothing.
+        if self._closed:
+            raise ValueError("the arena is closed")
+        end = address + size
+        if not self.start <= address < end <= self.end:
+            raise ValueError(f"{size} bytes at {address:#x} are not inside the arena")
+        free = self._free
+        index = bisect.bisect_left(free, (address, 0))
+        before = free[index - 1] if index > 0 else None
+        after = free[index] if index < len(free) else None
+        if (before is not None and before[0] + before[1] > address) or (
+            after is not None and after[0] < end
+        ):
+            raise ValueError(f"{size} bytes at {address:#x} overlap a free extent")
+        joins_before = before is not None and before[0] + before[1] == address
+        joins_after = after is not None and after[0] == end
+        start = before[0] if joins_before and before is not None else address
+        stop = end + after[1] if joins_after and after is not None else end
+        extent = (start, stop - start)
+        _libc.madvise_dontneed(address, size)  # zero again, and out of the resident set
+        if joins_before:
+            free[index - 1] = extent
+            if joins_after:
                 del free[index]
-            if after is not None and after[0] == end:
-                end += after[1]
-                del free[index]
-            free.insert(index, (start, end - start))
+        elif joins_after:
+            free[index] = extent
+        else:
+            free.insert(index, extent)
 
     def extents(self) -> list[tuple[int, int]]:
         """The free extents as ``(start, length)``, by address (a copy)."""

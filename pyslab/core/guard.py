@@ -16,6 +16,29 @@ would then never clear the busy flag; a ``finally`` in the same frame always doe
 
 Invariant: outside every call of the allocator, ``_busy`` is False and ``_backlog`` is empty
 (invariant 8 of the package docstring).
+
+Out of memory
+-------------
+When memory runs out, every Python allocation can fail, even those the interpreter makes for
+itself, and the public calls are written so that such a failure is a ``MemoryError`` that
+changes nothing. Three facts of CPython shape the code:
+
+- A ``finally`` or ``with`` block whose cleanup starts past the 256th instruction of its
+  function makes the interpreter push the instruction's offset as an int when an exception
+  passes through; with memory exhausted, that int cannot be made, and CPython 3.11 to 3.13
+  retry forever (CPython gh-132508). So the hot paths and the guard catch the exception with
+  ``except BaseException as error`` (whose handler does nothing that can raise), release
+  the lock in straight-line code, and re-raise outside every handler.
+- A call that needs a new chunk of the interpreter's frame stack, and cannot get one,
+  fails with ``SystemError("error return without exception set")``: the public calls raise
+  the ``MemoryError`` it is instead (:func:`is_out_of_memory`).
+- ctypes reports a failure to allocate an argument as ``ctypes.ArgumentError``: the libc
+  bindings turn it back into ``MemoryError`` (:mod:`pyslab.core.libc`).
+
+Within a call, the allocator computes every new value before its first write, and commits
+with attribute stores and dict deletions, which allocate nothing; the one write that may (a
+slab joining a dict) comes first; a policy hook that fails after the commit has its core
+writes undone by storing back saved values. See ``SlabAllocator._take_plain``.
 """
 
 from __future__ import annotations
@@ -23,17 +46,32 @@ from __future__ import annotations
 import threading
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Final, TypeVar
 
 from pyslab.errors import PyslabError, PyslabWarning
 
-__all__ = ["CallGuard", "Deferred"]
+__all__ = ["FRAME_FAILURE", "NO_EXCEPTION_SET", "CallGuard", "Deferred", "is_out_of_memory"]
 
 _T = TypeVar("_T")
 
 Deferred = tuple[int, int] | int
 """One backlog item: ``(address, size)`` of a block libc served a re-entrant ``alloc``, to be
 recorded; or the address of a re-entrant ``free``, to be carried out."""
+
+
+NO_EXCEPTION_SET: Final = "without exception set"
+"""What CPython's ``SystemError`` says when a call could not get a frame (it sets no error)."""
+FRAME_FAILURE: Final = "out of memory: a call could not get a frame"
+"""The message of the ``MemoryError`` raised in its place."""
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for ``MemoryError``, and for the ``SystemError`` CPython raises when it cannot
+    allocate a frame for a call. The hot paths spell the test out inline instead of calling
+    this: a call, there, could fail the same way."""
+    return isinstance(error, MemoryError) or (
+        type(error) is SystemError and NO_EXCEPTION_SET in str(error)
+    )
 
 
 class CallGuard:
@@ -76,18 +114,34 @@ class CallGuard:
         Raises:
             PyslabError: re-entrant, and no ``reentrant`` alternative was given.
         """
-        with self._lock:
-            if self._busy:
+        lock = self._lock
+        lock.acquire()
+        if self._busy:
+            try:
                 if reentrant is None:
                     raise PyslabError(f"{operation}() cannot run inside another allocator call")
                 return reentrant()
-            self._busy = True
-            try:
-                return work()
             finally:
-                self._busy = False
-                if self._backlog:
-                    self._settle()
+                lock.release()
+        self._busy = True
+        # Not try/finally, and no ``with``: see "Out of memory" above.
+        try:
+            result = work()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        self._busy = False
+        if self._backlog:
+            self._settle_and_release()
+        else:
+            lock.release()
+        if failure is not None:
+            # Inline, not a call: a call could itself fail for want of a frame.
+            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(FRAME_FAILURE) from failure
+            raise failure
+        return result
 
     def _read(self, operation: str, work: Callable[[], _T], *, consistent: bool = False) -> _T:
         """Run the query ``work`` under the lock with the heap marked busy.
@@ -102,22 +156,40 @@ class CallGuard:
         Raises:
             PyslabError: a ``consistent`` query from inside a mutating call.
         """
-        with self._lock:
-            if self._busy and not self._queries:
+        lock = self._lock
+        lock.acquire()
+        if self._busy and not self._queries:
+            try:
                 if consistent:
                     raise PyslabError(f"{operation}() cannot run inside another allocator call")
                 return work()
-            outermost = not self._busy
-            self._busy = True
-            self._queries += 1
-            try:
-                return work()
             finally:
-                self._queries -= 1
-                if outermost:
-                    self._busy = False
-                    if self._backlog:
-                        self._settle()
+                lock.release()
+        outermost = not self._busy
+        self._busy = True
+        self._queries += 1
+        # Not try/finally, and no ``with``: see "Out of memory" above.
+        try:
+            result = work()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        self._queries -= 1
+        if outermost:
+            self._busy = False
+            if self._backlog:
+                self._settle_and_release()
+            else:
+                lock.release()
+        else:
+            lock.release()
+        if failure is not None:
+            # Inline, not a call: a call could itself fail for want of a frame.
+            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(FRAME_FAILURE) from failure
+            raise failure
+        return result
 
     def _settle_and_release(self) -> None:
         try:

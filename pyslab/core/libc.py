@@ -60,6 +60,17 @@ _LARGEST_REQUEST: Final[int] = (1 << (8 * POINTER_SIZE - 1)) - 1
 MALLOC_ALIGNMENT: Final[int] = 2 * POINTER_SIZE
 
 
+def _argument_failed(call: str, error: ctypes.ArgumentError) -> MemoryError:
+    """The error for a libc call whose arguments ctypes could not convert.
+
+    Every argument pyslab passes is an int it has checked, which ctypes converts by building
+    a small object per argument: the conversion can fail only when that object cannot be
+    allocated, and ctypes then reports ``ArgumentError`` ("argument 2: MemoryError"). Out of
+    memory is what it is, and ``MemoryError`` what the caller is promised.
+    """
+    return MemoryError(f"{call}: no memory to pass the arguments ({error})")
+
+
 def _raise_errno(call: str, err: int, what: str) -> None:
     if err == errno.ENOMEM:
         raise MemoryError(f"{call} failed for {what}: out of memory (ENOMEM)")
@@ -75,7 +86,10 @@ def map_anonymous(size: int) -> int:
 
     Complexity: one system call.
     """
-    address = _mmap(None, size, _PROT_RW, _MAP_PRIVATE_ANON, -1, 0)
+    try:
+        address = _mmap(None, size, _PROT_RW, _MAP_PRIVATE_ANON, -1, 0)
+    except ctypes.ArgumentError as error:
+        raise _argument_failed("mmap", error) from error
     if address is None or address == _MAP_FAILED:
         _raise_errno("mmap", ctypes.get_errno(), f"{size} bytes")
     return int(address)
@@ -89,7 +103,11 @@ def unmap(address: int, size: int) -> None:
 
     Complexity: one system call.
     """
-    if _munmap(address, size) != 0:
+    try:
+        failed = _munmap(address, size)
+    except ctypes.ArgumentError as error:
+        raise _argument_failed("munmap", error) from error
+    if failed:
         _raise_errno("munmap", ctypes.get_errno(), f"{size} bytes at {address:#x}")
 
 
@@ -99,7 +117,11 @@ def madvise_dontneed(address: int, size: int) -> None:
     Raises:
         OSError: ``madvise`` failed.
     """
-    if _madvise(address, size, _MADV_DONTNEED) != 0:
+    try:
+        failed = _madvise(address, size, _MADV_DONTNEED)
+    except ctypes.ArgumentError as error:
+        raise _argument_failed("madvise", error) from error
+    if failed:
         _raise_errno("madvise", ctypes.get_errno(), f"{size} bytes at {address:#x}")
 
 
@@ -116,18 +138,28 @@ def system_malloc(size: int, alignment: int) -> int:
         raise MemoryError(f"a block of {size} bytes exceeds the address space")
     if alignment > _LARGEST_REQUEST:
         raise MemoryError(f"an alignment of {alignment} exceeds the address space")
-    if alignment <= MALLOC_ALIGNMENT:
-        address = _malloc(size)
-        if not address:
-            raise MemoryError(f"malloc({size}) returned NULL")
-        return int(address)
-    out = ctypes.c_void_p()
-    err = _posix_memalign(ctypes.byref(out), max(alignment, POINTER_SIZE), size)
+    try:
+        if alignment <= MALLOC_ALIGNMENT:
+            address = _malloc(size)
+            if not address:
+                raise MemoryError(f"malloc({size}) returned NULL")
+            return int(address)
+        out = ctypes.c_void_p()
+        err = _posix_memalign(ctypes.byref(out), max(alignment, POINTER_SIZE), size)
+    except ctypes.ArgumentError as error:
+        raise _argument_failed("malloc", error) from error
     if err != 0 or not out.value:
         _raise_errno("posix_memalign", err or errno.ENOMEM, f"{size} bytes aligned to {alignment}")
     return int(out.value or 0)
 
 
 def system_free(address: int) -> None:
-    """Give a block from :func:`system_malloc` back to libc. Complexity: one libc call."""
-    _free(address)
+    """Give a block from :func:`system_malloc` back to libc. Complexity: one libc call.
+
+    Raises:
+        MemoryError: no memory to pass the address to libc; the block stays allocated.
+    """
+    try:
+        _free(address)
+    except ctypes.ArgumentError as error:
+        raise _argument_failed("free", error) from error

@@ -46,10 +46,24 @@ assert ctypes.sizeof(FreeNode) == POINTER_SIZE, "a free slot must hold exactly o
 
 
 def fill(address: int, byte: int, size: int) -> None:
-    """Set ``size`` bytes at ``address`` to ``byte`` (C ``memset``)."""
-    ctypes.memset(address, byte, size)
+    """Set ``size`` bytes at ``address`` to ``byte`` (C ``memset``).
+
+    Raises:
+        MemoryError: no memory for ctypes to pass the arguments; nothing was written.
+    """
+    try:
+        ctypes.memset(address, byte, size)
+    except ctypes.ArgumentError as error:  # the only way converting checked ints can fail
+        raise MemoryError(f"memset: no memory to pass the arguments ({error})") from error
 
 
 def copy(destination: int, source: int, size: int) -> None:
-    """Copy ``size`` bytes, ranges may overlap (C ``memmove``)."""
-    ctypes.memmove(destination, source, size)
+    """Copy ``size`` bytes, ranges may overlap (C ``memmove``).
+
+    Raises:
+        MemoryError: no memory for ctypes to pass the arguments; nothing was copied.
+    """
+    try:
+        ctypes.memmove(destination, source, size)
+    except ctypes.ArgumentError as error:  # the only way converting checked ints can fail
+        raise MemoryError(f"memmove: no memory to pass the arguments ({error})") from error
