@@ -134,7 +134,6 @@ class SlabAllocator(CallGuard):
         CallGuard.__init__(self)
         self._serial = 0  # slabs made so far: the next slab's serial number
         self._reentrant_allocs = 0
-        self._closed = False
         # Empty until close(). Then: every pinned block not yet freed -> the start of the
         # mapping holding it (a slab's base, or a large block's address); and every retained
         # mapping's start -> the number of those blocks in it (never 0: a mapping whose last
@@ -938,6 +937,7 @@ class SlabAllocator(CallGuard):
         resolved = resolve(parse_policies(policy))
         self._check_closed("set_policy")
         with self._lock:
+            self._check_closed("set_policy")  # again: close() may have run while we waited
             old = self._policy
             self._refuse_stranding(old)  # before anything changes, the flush included
             self._flush_policies("set_policy")  # held blocks go back before their holder goes
@@ -1031,6 +1031,7 @@ class SlabAllocator(CallGuard):
         """
         self._check_closed("shrink")
         with self._lock:
+            self._check_closed("shrink")  # again: close() may have run while we waited
             self._flush_policies("shrink")
             return self._exclusively("shrink", self._release_empty_slabs)
 
@@ -1157,6 +1158,7 @@ class SlabAllocator(CallGuard):
             setattr(policy, _OWNER_ATTRIBUTE, None)
         self._pins, self._retained = pins, retained
         self._closed = True
+        self._take = self._take_closed  # a call that waited for the lock during close()
         self._tables = {}
         self._find_owner = self._closed_lookup
         # free() of a pinned block finds no owner (see _closed_lookup) and takes the large
@@ -1262,6 +1264,10 @@ class SlabAllocator(CallGuard):
         for start in self._retained:
             if start not in self._large.sizes and start & (self._slab_size - 1):
                 raise CorruptionError(f"retained slab {start:#x} is not aligned to a slab")
+
+    def _take_closed(self, size_class: SizeClass, size: int) -> int:
+        # An alloc that passed its checks before close() and got the lock after it.
+        raise AllocatorClosedError(f"alloc({size}) on a closed allocator")
 
     def _closed_lookup(self, ptr: int) -> MemorySlab | None:
         # No slab is listed after close(): a pinned block has no owner, so free() takes the

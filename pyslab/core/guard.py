@@ -48,7 +48,7 @@ import warnings
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from pyslab.errors import PyslabError, PyslabWarning
+from pyslab.errors import AllocatorClosedError, PyslabError, PyslabWarning
 
 __all__ = ["FRAME_FAILURE", "NO_EXCEPTION_SET", "CallGuard", "Deferred", "is_out_of_memory"]
 
@@ -85,6 +85,8 @@ class CallGuard:
         self._busy = False
         self._backlog: list[Deferred] = []
         self._queries = 0  # queries in progress on the thread that set busy (they nest)
+        # Set by close(), under the lock; a slow path that got the lock after it refuses.
+        self._closed = False
         self._deferred_frees = 0
         self.deferred_errors: list[PyslabError] = []
         """Errors of deferred frees, which had no caller left to raise to (also warned)."""
@@ -113,9 +115,14 @@ class CallGuard:
 
         Raises:
             PyslabError: re-entrant, and no ``reentrant`` alternative was given.
+            AllocatorClosedError: the allocator was closed, perhaps while this call waited
+                for the lock; nothing is done.
         """
         lock = self._lock
         lock.acquire()
+        if self._closed:
+            lock.release()
+            raise AllocatorClosedError(f"{operation}() on a closed allocator")
         if self._busy:
             try:
                 if reentrant is None:
