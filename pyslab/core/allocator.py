@@ -579,7 +579,10 @@ class SlabAllocator(CallGuard):
 
         Complexity: O(1) in place, otherwise an allocation, a copy and a free.
         """
-        if ptr is None or ptr == 0:
+        if ptr is None:
+            return self.alloc(size, align)
+        ptr = _as_int(ptr, "realloc() takes an address (int) or None;")
+        if ptr == 0:
             return self.alloc(size, align)
         size, align = _checked_size(size, "size"), _checked_alignment(align)
         lock = self._lock
@@ -760,7 +763,9 @@ class SlabAllocator(CallGuard):
         if ptr is None or (type(ptr) is int and ptr == 0):
             return
         if type(ptr) is not int:
-            raise TypeError(f"free() takes an address (int) or None, not {ptr!r}")
+            address = _as_int(ptr, "free() takes an address (int) or None;")
+            self.free(address)  # an int subclass or a numpy integer: the int it stands for
+            return
         with self._lock:
             raise self._bad_address(ptr, self._find_owner(ptr) if ptr > 0 else None)
 
@@ -790,7 +795,11 @@ class SlabAllocator(CallGuard):
 
         Complexity: as the owner lookup of :meth:`free`.
         """
-        if type(ptr) is not int or ptr <= 0 or self._closed:
+        if type(ptr) is not int:
+            if isinstance(ptr, bool) or not hasattr(ptr, "__index__"):
+                return False
+            ptr = _as_int(ptr, "owns()")
+        if ptr <= 0 or self._closed:
             return False
         with self._lock:
             slab = self._find_owner(ptr)
@@ -800,10 +809,10 @@ class SlabAllocator(CallGuard):
         """Bytes usable at ``ptr``: the slot size, or the requested size of a large block.
 
         Raises:
+            TypeError: ``ptr`` is not an int (an object with ``__index__`` counts, a bool not).
             InvalidFreeError, DoubleFreeError: ``ptr`` is not a live block.
         """
-        if type(ptr) is not int:
-            raise TypeError(f"usable_size() takes an address (int), not {ptr!r}")
+        ptr = _as_int(ptr, "usable_size() takes an address (int);")
         with self._lock:
             if self._closed:
                 raise AllocatorClosedError(f"usable_size({ptr:#x}) on a closed allocator")
@@ -1314,19 +1323,33 @@ class _CoreOperations:
     owns: Callable[[int], bool]
 
 
-def _checked_size(value: object, what: str) -> int:
+def _as_int(value: object, what: str) -> int:
+    """``value`` as an int: an int, or an object with ``__index__`` (a numpy integer) but a
+    bool, as everywhere in the allocator's interface.
+
+    Raises:
+        TypeError: ``value`` is not such an object, or its ``__index__`` failed (the error
+            is chained); the message names ``what`` and the value.
+    """
+    if type(value) is int:
+        return value
     if isinstance(value, bool) or not hasattr(value, "__index__"):
         raise TypeError(f"{what} must be an int, not {value!r}")
-    number = operator.index(value)
+    try:
+        return operator.index(value)
+    except Exception as error:
+        raise TypeError(f"{what}: {value!r}.__index__() failed: {error!r}") from error
+
+
+def _checked_size(value: object, what: str) -> int:
+    number = _as_int(value, what)
     if number <= 0:
         raise ValueError(f"{what} must be a positive int, not {number}")
     return number
 
 
 def _checked_alignment(value: object) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"align must be an int, not {value!r}")
-    number = operator.index(value)
+    number = _as_int(value, "align")
     if number <= 0 or number & (number - 1):
         raise ValueError(f"align must be a power of two, not {number}")
     return number

@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, TypeAlias
 
@@ -138,7 +138,8 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
             positional parameter, a value that is not a literal...), a policy does not take a
             parameter, or refuses its value; the message names the bad part.
         UnknownPolicyError: a name is not registered.
-        TypeError: an item is neither a ``Policy`` nor a string.
+        TypeError: ``spec`` is neither None, a ``Policy``, a string nor a sequence of those
+            (bytes included), or an item is neither a ``Policy`` nor a string.
 
     Complexity: O(length of the specs) to read them, plus each policy's constructor.
     """
@@ -147,6 +148,11 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
         items = []
     elif isinstance(spec, (str, Policy)):
         items = [spec]
+    elif isinstance(spec, (bytes, bytearray)) or not isinstance(spec, Iterable):
+        raise TypeError(
+            f"policy= takes a pyslab.Policy, a spec string such as 'dict-lookup+reclaim', or "
+            f"a sequence of those, not {spec!r}"
+        )
     else:
         items = list(spec)
     chosen: list[Policy] = []
