@@ -10,12 +10,8 @@ blocks are freed: see "Retained blocks" in :mod:`~pyslab.core.clients`.
 
 from __future__ import annotations
 
-import bisect
 import operator
-import os
 import sys
-import threading
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MethodType, TracebackType
@@ -23,7 +19,6 @@ from typing import Final, TypeVar
 
 from pyslab.errors import (
     AllocatorClosedError,
-    CorruptionError,
     DoubleFreeError,
     InvalidFreeError,
     PolicyError,
@@ -33,6 +28,7 @@ from pyslab.policy import BlockOperations, PolicySpec, ResolvedPolicy, parse_pol
 
 from . import forking as _forking
 from . import libc as _libc
+from . import source_claims
 from ._large import SystemFallback
 from ._layout import DEFAULT_SIZE_CLASSES, DEFAULT_SLAB_SIZE, build_tables, check_layout
 from ._layout import slot_alignment as _slot_alignment
@@ -41,6 +37,7 @@ from .guard import FRAME_FAILURE, NO_EXCEPTION_SET, CallGuard, Deferred, is_out_
 from .invariants import check_class, check_slab, check_source, check_unsettled
 from .memory import WORD_SHIFT, WORDS, copy, fill
 from .pages import LargeObjects, MmapPageSource, PageSource
+from .retained import RetainedMappings
 from .slab import MemorySlab, SizeClass
 from .stats import AllocatorStats, ClassStats
 
@@ -50,27 +47,6 @@ WORD: Final[int] = _libc.POINTER_SIZE
 _T = TypeVar("_T")
 _MISALIGNED: Final[int] = WORD - 1
 _OWNER_ATTRIBUTE: Final = "_pyslab_bound_to"
-
-# The allocator each page source serves, by id() of the source: an allocator holds its source,
-# so the id is the source's for as long as the allocator lives; the weak values keep no
-# allocator alive. Read and written only under _SOURCES_LOCK (never held with another lock). A
-# closed allocator that still retains mappings keeps its source until the last of them goes.
-_SOURCE_USERS: Final[weakref.WeakValueDictionary[int, SlabAllocator]] = (
-    weakref.WeakValueDictionary()
-)
-_SOURCES_LOCK = threading.Lock()
-
-
-def _fresh_sources_lock() -> None:
-    # In a fork's child, another thread of the parent may have held the lock: it never will
-    # release it there. The dict itself is consistent (each operation on it is atomic).
-    global _SOURCES_LOCK
-    _SOURCES_LOCK = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_sources_lock)
-
 
 class SlabAllocator(CallGuard):
     """A slab allocator handing out real memory: addresses that C code can read and write.
@@ -134,54 +110,16 @@ class SlabAllocator(CallGuard):
         CallGuard.__init__(self)
         self._serial = 0  # slabs made so far: the next slab's serial number
         self._reentrant_allocs = 0
-        # Empty until close(). Then: every pinned block not yet freed -> the start of the
-        # mapping holding it (a slab's base, or a large block's address); and every retained
-        # mapping's start -> the number of those blocks in it (never 0: a mapping whose last
-        # pinned block is freed is released at once). Retained large blocks are exactly the
-        # blocks self._large still tracks; retained slabs are listed in no class.
-        self._pins: dict[int, int] = {}
-        self._retained: dict[int, int] = {}
+        self._retained = RetainedMappings(slab_size)  # empty until close(): see retained.py
         self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
-        self._claim_source()
+        source_claims.claim(self._source, self)
         try:
             with self._lock:
                 self._bind(resolved)
         except BaseException:
-            self._disclaim_source()
+            source_claims.disclaim(self._source, self)
             raise
         _forking.track(self, _forking.ALLOCATORS)  # fork(): see pyslab.core.forking
-
-    def _claim_source(self) -> None:
-        """Record this allocator as its page source's one user (see ``__init__``'s Raises)."""
-        source = self._source
-        with _SOURCES_LOCK:
-            user = _SOURCE_USERS.get(id(source))
-            # A closed allocator still uses its source while it retains mappings, and closes
-            # it when the last goes; it closes the source before it forgets that mapping, so
-            # the check of ``closed`` below, made after this one, sees the source closed.
-            if user is not None and user is not self and (not user._closed or user._retained):
-                how = (
-                    f"still serves {user!r}, closed but retaining blocks that live Python "
-                    f"objects own (it closes the source once they are gone)"
-                    if user._closed
-                    else f"already serves {user!r}"
-                )
-                raise ValueError(
-                    f"page source {source!r} {how}: a page source serves one "
-                    f"allocator at a time (closing either allocator would unmap the other's "
-                    f"slabs); give each allocator a source of its own"
-                )
-            if getattr(source, "closed", False) is True:
-                raise ValueError(
-                    f"page source {source!r} is closed: a closed source maps no slab (the "
-                    f"allocator it served closed it); give each allocator a source of its own"
-                )
-            _SOURCE_USERS[id(source)] = self
-
-    def _disclaim_source(self) -> None:
-        with _SOURCES_LOCK:
-            if _SOURCE_USERS.get(id(self._source)) is self:
-                del _SOURCE_USERS[id(self._source)]
 
     # --- public properties (the Heap protocol that policies see) ---------------------------
 
@@ -209,6 +147,12 @@ class SlabAllocator(CallGuard):
     def closed(self) -> bool:
         """True once :meth:`close` has run."""
         return self._closed
+
+    @property
+    def retained_mappings(self) -> int:
+        """How many slabs and large blocks ``close()`` kept mapped for live Python objects
+        (0 while open, and once the last of them is gone)."""
+        return len(self._retained)
 
     @property
     def slabs_made(self) -> int:
@@ -532,7 +476,7 @@ class SlabAllocator(CallGuard):
                 self._large.record(*item)
             # else: libc served a finalizer's alloc while close() ran; a closed allocator
             # tracks nothing but its retained mappings, so the block stays the caller's alone.
-        elif self._closed and item not in self._pins:
+        elif self._closed and not self._retained.pinned(item):
             # Deferred while close() ran, for a block no client pinned: it went back with
             # every other block, which is what the free asked for.
             return
@@ -853,7 +797,9 @@ class SlabAllocator(CallGuard):
             slab_size=self._slab_size,
             classes=classes,
             # After close(), the retained slabs are listed in no class but are still mapped.
-            mapped_bytes=self._slab_size * (sum(c.slabs for c in classes) + self._retained_slabs()),
+            mapped_bytes=self._slab_size * (
+                sum(c.slabs for c in classes) + self._retained.slabs(self._large.sizes)
+            ),
             large_blocks=len(self._large.sizes),
             large_bytes=self._large.total,
             reentrant_allocs=self._reentrant_allocs,
@@ -1079,7 +1025,9 @@ class SlabAllocator(CallGuard):
 
     def _check_invariants(self) -> None:
         if self._closed:
-            self._check_retained()
+            self._retained.check(
+                self._large.sizes, any(size_class.slabs for size_class in self._classes)
+            )
             return
         seen_bases: set[int] = set()
         for size_class in self._classes:
@@ -1145,27 +1093,29 @@ class SlabAllocator(CallGuard):
         # Busy: a free that a finalizer makes from here on is deferred, so every pinned block
         # is still live when its mapping is kept, and is carried out (against the retained
         # books) once this ends.
-        pins = self._pinned()
-        retained: dict[int, int] = {}
-        for start in pins.values():
-            retained[start] = retained.get(start, 0) + 1
+        self._retained.keep(
+            (address for client in list(self._clients.values())
+             for address in client.pinned_blocks()),
+            {slab.base for size_class in self._classes for slab in size_class.slabs},
+            self._large.sizes,
+        )
+        retained = self._retained
         for name in self._FRONT_OPERATIONS:
             self.__dict__.pop(name, None)  # the core's methods now refuse every call
         for size_class in self._classes:
             for slab in size_class.slabs:
-                if slab.base not in retained:
+                if not retained.holds(slab.base):
                     self._source.release_slab(slab.base, self._slab_size)
             size_class.slabs.clear()
             size_class.empty.clear()
             size_class.current = None
             size_class.live = size_class.full = 0
         for address in list(self._large.sizes):
-            if address not in retained:
+            if not retained.holds(address):
                 self._large.release(address)
         for policy in self._policy.policies:
             policy.unbind()
             setattr(policy, _OWNER_ATTRIBUTE, None)
-        self._pins, self._retained = pins, retained
         self._closed = True
         self._take = self._take_closed  # a call that waited for the lock during close()
         self._tables = {}
@@ -1174,40 +1124,8 @@ class SlabAllocator(CallGuard):
         # path, which from now on is the retained books'. An instance attribute, as the front
         # ends are: the methods of an open allocator stay exactly as they were.
         self.__dict__["_free_large"] = self._free_pinned
-        if not retained:
+        if not len(retained):
             self._close_services()
-
-    def _pinned(self) -> dict[int, int]:
-        """Every block the clients pin, mapped to the start of the mapping holding it.
-
-        Addresses in no slab and no large block of this allocator are left out. Lock held,
-        busy set.
-        """
-        addresses = {
-            address
-            for client in list(self._clients.values())
-            for address in client.pinned_blocks()
-            if type(address) is int and address > 0
-        }
-        if not addresses:
-            return {}
-        mask = -self._slab_size  # slabs are aligned to their size (invariant 1)
-        bases = {slab.base for size_class in self._classes for slab in size_class.slabs}
-        sizes = self._large.sizes
-        starts: list[int] | None = None  # large block starts, sorted on first need
-        pins: dict[int, int] = {}
-        for address in addresses:
-            if address & mask in bases:
-                pins[address] = address & mask
-            elif address in sizes:
-                pins[address] = address
-            else:  # inside a large block (a front end hands out an offset into it)?
-                if starts is None:
-                    starts = sorted(sizes)
-                index = bisect.bisect_right(starts, address) - 1
-                if index >= 0 and address < starts[index] + sizes[starts[index]]:
-                    pins[address] = starts[index]
-        return pins
 
     def _free_pinned(self, ptr: int) -> None:
         """``free`` after ``close()``: hand a pinned block back; the last one of a retained
@@ -1218,13 +1136,8 @@ class SlabAllocator(CallGuard):
 
         Complexity: O(1), plus one ``munmap`` (or libc ``free``) for a mapping's last block.
         """
-        start = self._pins.get(ptr)
+        start = self._retained.unpin(ptr)
         if start is None:
-            raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
-        del self._pins[ptr]
-        left = self._retained[start] - 1
-        if left:
-            self._retained[start] = left
             return
         if self._large.holds(start):
             self._large.release(start)
@@ -1234,45 +1147,12 @@ class SlabAllocator(CallGuard):
             # The last mapping: the source is closed before the books are emptied, so that
             # another allocator can claim it only once it is closed (see _claim_source).
             self._close_services()
-        del self._retained[start]
+        self._retained.forget(start)
 
     def _close_services(self) -> None:
         """Close the large-block service and the page source: nothing is retained."""
         self._large.close()
         self._source.close()
-
-    def _retained_slabs(self) -> int:
-        """How many retained mappings are slabs (0 while the allocator is open)."""
-        large = self._large.sizes
-        return sum(1 for start in self._retained if start not in large)
-
-    def _check_retained(self) -> None:
-        """The books of a closed allocator: every pinned block lies in a retained mapping
-        that counts it, and nothing but the retained mappings is listed or tracked."""
-        counts: dict[int, int] = {}
-        for address, start in self._pins.items():
-            counts[start] = counts.get(start, 0) + 1
-            size = self._large.sizes.get(start)
-            end = start + (self._slab_size if size is None else size)
-            if not start <= address < end:
-                raise CorruptionError(
-                    f"pinned block {address:#x} lies outside its retained mapping at {start:#x}"
-                )
-        if counts != self._retained:
-            raise CorruptionError(
-                f"the retained mappings count {sum(self._retained.values())} pinned blocks "
-                f"in {len(self._retained)} mappings, but {len(self._pins)} blocks are pinned "
-                f"in {len(counts)}"
-            )
-        stray = [start for start in self._large.sizes if start not in self._retained]
-        if stray or any(size_class.slabs for size_class in self._classes):
-            raise CorruptionError(
-                f"closed allocator still lists slabs, or tracks large blocks no Python object "
-                f"owns ({len(stray)})"
-            )
-        for start in self._retained:
-            if start not in self._large.sizes and start & (self._slab_size - 1):
-                raise CorruptionError(f"retained slab {start:#x} is not aligned to a slab")
 
     def _take_closed(self, size_class: SizeClass, size: int) -> int:
         # An alloc that passed its checks before close() and got the lock after it.
@@ -1281,7 +1161,7 @@ class SlabAllocator(CallGuard):
     def _closed_lookup(self, ptr: int) -> MemorySlab | None:
         # No slab is listed after close(): a pinned block has no owner, so free() takes the
         # large path, which is then _free_pinned. Every other address is refused here.
-        if ptr in self._pins:
+        if self._retained.pinned(ptr):
             return None
         raise AllocatorClosedError(f"{ptr:#x} used after the allocator was closed")
 
