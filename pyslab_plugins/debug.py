@@ -70,6 +70,22 @@ What happens after a detection (nothing is repaired silently; the allocator stay
 Quarantined slab slots count as ``cached_slots`` in ``stats()`` (blocks the policy holds);
 :meth:`Debug.quarantined` lists them. They go back only with ``close()``.
 
+Re-entrant calls (a signal handler or a finalizer that allocates while a call of this front end
+is in progress on the same thread): every operation that reads or updates the policy's books
+(``alloc``, ``free``, ``check``) marks the front end busy for its locked region, as the core
+marks itself. A call that finds it busy leaves the books alone, since they may be half updated:
+an ``alloc`` is served by the layer below as it is (no red zones, no poison check: a block the
+policy does not know, exactly like one allocated before it was bound, which ``free`` and the
+queries pass through), and a ``free`` is deferred until the interrupted call ends, which then
+carries it out with every check; a deferred free that fails is kept in
+:attr:`Debug.deferred_errors` and warned (``PyslabWarning``), its caller being gone. A
+``check`` (``validate()``) from inside another call is refused. The front end reads the core's
+slabs (free-list heads) between its own calls, where a handler may have changed them: each
+verdict rests on fields read together, with no call in between, from a slab that is still
+indexed, so a list a handler emptied, or a slab it released, is never reported nor read.
+Layouts (one table per alignment asked) are built in a few steps, one per class, and published
+in one store: a handler that needs the same table meanwhile builds its own, which is the same.
+
 Composition: put ``debug`` last among the front ends (``thread-cache+debug``), so that every
 block passes through it. Under another front end (``debug+thread-cache``) blocks reach the
 caller without passing through ``debug`` (the cache takes and returns slots in batches), so
@@ -105,7 +121,14 @@ from dataclasses import dataclass
 from types import CodeType, FrameType
 from typing import Final, SupportsIndex, TypeAlias
 
-from pyslab import CorruptionError, DoubleFreeError, InvalidFreeError, Policy, PyslabWarning
+from pyslab import (
+    CorruptionError,
+    DoubleFreeError,
+    InvalidFreeError,
+    Policy,
+    PyslabError,
+    PyslabWarning,
+)
 from pyslab.core import (
     BYTES,
     WORD_SHIFT,
@@ -170,12 +193,13 @@ def _format_site(site: Site | None, what: str) -> str:
     return f"\n{what} at (most recent call last):\n" + "".join(frames.format()).rstrip("\n")
 
 
-def _capture(depth: int) -> Site:
-    """The caller's caller's stack, innermost first, ``depth`` frames at most.
+def _capture(depth: int, skip: int = 2) -> Site:
+    """The stack from ``skip`` frames up (2: the caller's caller), innermost first, ``depth``
+    frames at most.
 
     Code objects and line numbers only: file and function names are read when formatted.
     """
-    frame: FrameType | None = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(skip)
     frames: list[tuple[CodeType, int]] = []
     for _ in range(depth):
         if frame is None:
@@ -263,6 +287,10 @@ class Debug(Policy):
         self.record_sites = _check_bool("record_sites", record_sites)
         self.site_depth = _check_positive("site_depth", site_depth)
         self._poisoning = poison
+        self._front: _DebugOperations | None = None
+        self.deferred_errors: list[PyslabError] = []
+        """Errors of frees deferred from re-entrant calls, which had no caller left to raise
+        to (each is also warned as ``PyslabWarning``)."""
 
     # --- binding -------------------------------------------------------------------------------
 
@@ -298,6 +326,7 @@ class Debug(Policy):
 
     def unbind(self) -> None:
         """Forget every block (see the module documentation on replacing the policy)."""
+        self._front = None
         self._index.clear()
         self._live = {}
         self._sites = {}
@@ -343,14 +372,15 @@ class Debug(Policy):
                 PyslabWarning,
                 stacklevel=2,
             )
-        return _DebugOperations(self, inner)
+        self._front = _DebugOperations(self, inner)
+        return self._front
 
     # --- what the heap asks ----------------------------------------------------------------------
 
     def cached_blocks(self) -> Mapping[int, int]:
         """Quarantined slab slots per slot size: held by the policy, never handed out."""
         counts: dict[int, int] = {}
-        for block in self._quarantine.values():
+        for block in list(self._quarantine.values()):  # a copy: a handler may add one
             if block.in_slab:
                 counts[block.span] = counts.get(block.span, 0) + 1
         return counts
@@ -366,22 +396,41 @@ class Debug(Policy):
     def check(self) -> None:
         """Verify every free list, every free slot's poison, every live block's red zones.
 
-        Like ``slabinfo -v``. Nothing is changed, whatever is found.
+        Like ``slabinfo -v``. Nothing is changed, whatever is found (frees that a signal
+        handler or a finalizer makes meanwhile are deferred, and carried out after).
 
         Raises:
             CorruptionError: naming the slab, the address, the offset and what is wrong.
+            PyslabError: called from inside another call of this front end (its books may be
+                half updated there).
 
         Complexity: O(bytes of every slab + bytes of every live block).
         """
+        front = self._front
         with self.heap.lock:
-            self._check_all()
+            if front is None:
+                self._check_all()
+                return
+            if front._busy:
+                raise PyslabError("validate() cannot run inside another call of the debug policy")
+            front._busy = True
+            try:
+                self._check_all()
+            finally:
+                front._busy = False
+                if front._backlog:
+                    front._settle()
 
     def _check_all(self) -> None:
+        # Copies of what is walked, as ``list(d)``, ``list(d.values())`` or ``dict(d)``: those
+        # copy with no point where a finalizer can run (``tuple(d)``, ``list(d.items())``
+        # allocate tracked objects while they iterate), and a re-entrant call served by the
+        # layer below may add a slab meanwhile.
         self._index.check(self.heap.size_classes, "the debug policy's slab index")
         for size_class in self.heap.size_classes:
-            for each in size_class.slabs:
+            for each in list(size_class.slabs):
                 self._check_slab(each)
-        for user, (inner, size) in self._live.items():
+        for user, (inner, size) in dict(self._live).items():
             slab = self._index.owner(inner)
             if slab is not None and not slab.is_live(inner):
                 raise CorruptionError(
@@ -391,7 +440,7 @@ class Debug(Policy):
                 message = self._redzone_damage(user, inner, size, self._span(inner, user, size))
                 if message is not None:
                     raise CorruptionError(message + " (found by validate())")
-        for block in self._quarantine.values():
+        for block in list(self._quarantine.values()):
             holder = self._index.owner(block.address)
             if block.in_slab and (holder is None or not holder.is_live(block.address)):
                 raise CorruptionError(f"the quarantined slot at {block.address:#x} is not held")
@@ -428,7 +477,7 @@ class Debug(Policy):
     def live_blocks(self) -> dict[int, int]:
         """Every live debug block: address -> requested size (a copy). Complexity: O(blocks)."""
         with self.heap.lock:
-            return {user: size for user, (_, size) in self._live.items()}
+            return {user: size for user, (_, size) in dict(self._live).items()}
 
     def sites(self) -> dict[int, traceback.StackSummary]:
         """The allocation site of every live block (``record_sites=True``; else empty).
@@ -442,7 +491,7 @@ class Debug(Policy):
     def quarantined(self) -> tuple[QuarantinedBlock, ...]:
         """Every slot taken out of service, oldest first. Complexity: O(quarantined)."""
         with self.heap.lock:
-            return tuple(self._quarantine.values())
+            return tuple(list(self._quarantine.values()))
 
     def report_section(self) -> str:
         """The policy's part of a heap report: options, live blocks with their sites (when
@@ -450,7 +499,7 @@ class Debug(Policy):
         with self.heap.lock:
             live = dict(self._live)
             sites = dict(self._sites)
-            quarantine = tuple(self._quarantine.values())
+            quarantine = tuple(list(self._quarantine.values()))
         options = (
             f"poison {'on' if self._poisoning else 'off'}, red zones "
             f"{f'{self.redzone_size} bytes' if self.redzones else 'off'}, free-list checks "
@@ -584,7 +633,7 @@ class Debug(Policy):
 
     def _owner_of_slot(self, slot_start: int) -> tuple[int, int] | None:
         """The live debug block (user address, size) whose slot starts at ``slot_start``."""
-        for lead in self._leads:
+        for lead in list(self._leads):  # a copy: a handler may add one meanwhile
             record = self._live.get(slot_start + lead)
             if record is not None and record[0] == slot_start:
                 return slot_start + lead, record[1]
@@ -690,9 +739,9 @@ class _DebugOperations:
     """The block operations of a debug front end (see :class:`Debug`)."""
 
     __slots__ = (
-        "_alloc_below", "_by_base", "_check_list", "_free_below", "_layouts", "_live",
-        "_lock", "_mask", "_owns_below", "_poison", "_policy", "_record", "_sites", "_tail",
-        "_usable_below",
+        "_alloc_below", "_backlog", "_busy", "_by_base", "_check_list", "_free_below",
+        "_layouts", "_live", "_lock", "_mask", "_owns_below", "_poison", "_policy", "_record",
+        "_sites", "_tail", "_usable_below",
     )
 
     def __init__(self, policy: Debug, inner: BlockOperations) -> None:
@@ -713,6 +762,12 @@ class _DebugOperations:
         self._record = policy.record_sites
         # align -> (alignment asked below, leading red zone, class of each total size)
         self._layouts: dict[int, _Layout] = {}
+        # True while a call of the thread holding the lock is inside the locked region of
+        # ``alloc``, ``free`` or ``check``: a call that finds it set is re-entrant (a signal
+        # handler or a finalizer interrupted that call, whose updates may be half done).
+        self._busy = False
+        self._backlog: list[int] = []
+        """Frees made by re-entrant calls, carried out when the interrupted call ends."""
 
     # --- allocation ------------------------------------------------------------------------------
 
@@ -731,43 +786,95 @@ class _DebugOperations:
         layout = self._layouts.get(align) if type(size) is int and type(align) is int else None
         if layout is None or size <= 0:
             size, layout = self._layout(size, align)
-        below, lead, table = layout
-        total = lead + size + self._tail
-        policy = self._policy
+        total = layout[1] + size + self._tail
         with self._lock:
-            if self._check_list and total < len(table):
-                size_class = table[total]
-                if size_class is not None:
-                    self._check_heads(size_class)
+            if self._busy:
+                return self._alloc_reentrant(size, layout[0])
+            self._busy = True  # no call between this and the try: its finally always runs
             try:
-                inner = self._alloc_below(total, below)
-            except MemoryError as error:
-                raise MemoryError(
-                    f"alloc({size}, align={align}) through the debug policy, which asked for "
-                    f"{total} bytes with its red zones: {error}"
-                ) from error
-            slab = self._by_base.get(inner & self._mask)
-            if slab is not None:
-                span = slab.slot_size
-                if self._poison:
-                    data = BYTES[inner + WORD_SIZE : inner + span].tobytes()
-                    if data.count(_DEAD) != len(data):
-                        self._write_after_free(inner, span)
-                if policy._freed:
-                    policy._forget_freed(inner)
-                if self._tail:
-                    BYTES[inner : inner + span] = policy._redzone_pattern[:span]
-            else:
-                # A large block (or one libc served a re-entrant call): only the zones.
-                if self._tail:
-                    ctypes.memset(inner, REDZONE_BYTE, lead)
-                    ctypes.memset(inner + lead + size, REDZONE_BYTE, self._tail)
-                policy._freed_large.pop(inner + lead, None)
-            user = inner + lead
-            self._live[user] = (inner, size)
-            if self._record:
-                self._sites[user] = _capture(policy.site_depth)
-            return user
+                below, lead, table = layout
+                policy = self._policy
+                if self._check_list and total < len(table):
+                    size_class = table[total]
+                    if size_class is not None:
+                        self._check_heads(size_class)
+                try:
+                    inner = self._alloc_below(total, below)
+                except MemoryError as error:
+                    raise MemoryError(
+                        f"alloc({size}, align={align}) through the debug policy, which asked for "
+                        f"{total} bytes with its red zones: {error}"
+                    ) from error
+                slab = self._by_base.get(inner & self._mask)
+                if slab is not None:
+                    span = slab.slot_size
+                    if self._poison:
+                        data = BYTES[inner + WORD_SIZE : inner + span].tobytes()
+                        if data.count(_DEAD) != len(data):
+                            self._write_after_free(inner, span)
+                    if policy._freed:
+                        policy._forget_freed(inner)
+                    if self._tail:
+                        BYTES[inner : inner + span] = policy._redzone_pattern[:span]
+                else:
+                    # A large block (or one libc served a re-entrant call): only the zones.
+                    if self._tail:
+                        ctypes.memset(inner, REDZONE_BYTE, lead)
+                        ctypes.memset(inner + lead + size, REDZONE_BYTE, self._tail)
+                    policy._freed_large.pop(inner + lead, None)
+                user = inner + lead
+                self._live[user] = (inner, size)
+                if self._record:
+                    self._sites[user] = _capture(policy.site_depth)
+                return user
+            finally:
+                self._busy = False
+                if self._backlog:
+                    self._settle()
+
+    def _alloc_reentrant(self, size: int, align: int) -> int:
+        """``alloc`` from inside another call of this front end on this thread (a signal
+        handler, a finalizer), whose updates of the books may be half done: the layer below
+        serves the block as it is, without red zones or a poison check. The front end then
+        knows it as it knows a block allocated before it was bound: ``free`` checks nothing,
+        poisons its slot and passes it down. Lock held, busy set by the interrupted call.
+
+        Complexity: as the layer below, plus two dict operations.
+        """
+        address = self._alloc_below(size, align)
+        # What is remembered of a debug block freed at that address goes (one dict operation
+        # each, atomic): a free of the new block must not be taken for a second free of it.
+        policy = self._policy
+        if policy._freed:
+            policy._forget_freed(address)
+        policy._freed_large.pop(address, None)
+        return address
+
+    def _settle(self) -> None:
+        """Carry out the frees that re-entrant calls deferred, with every check. Lock held,
+        busy clear (set again here, so that a handler running meanwhile defers in turn).
+
+        An error has no caller left to raise to: it goes to ``Debug.deferred_errors`` and is
+        warned (``PyslabWarning``).
+        """
+        errors: list[PyslabError] = []
+        self._busy = True
+        try:
+            backlog = self._backlog
+            while backlog:
+                ptr = backlog.pop(0)
+                try:
+                    self._free_locked(ptr)
+                except PyslabError as error:
+                    errors.append(error)
+        finally:
+            self._busy = False
+        for failure in errors:
+            self._policy.deferred_errors.append(failure)
+            warnings.warn(
+                f"deferred free through the debug policy failed: {failure}", PyslabWarning,
+                stacklevel=3,
+            )
 
     def _layout(self, size: object, align: object) -> tuple[int, _Layout]:
         """Check ``size`` and ``align`` as the core does; build the layout of ``align`` once."""
@@ -778,16 +885,35 @@ class _DebugOperations:
             raise ValueError(f"align must be a power of two, not {checked_align}")
         layout = self._layouts.get(checked_align)
         if layout is None:
-            below = max(checked_align, WORD_SIZE)
-            lead = -(-self._tail // below) * below
-            heap = self._policy.heap
-            largest = heap.size_classes[-1].slot_size
-            table: list[SizeClass | None] = [None]
-            table.extend(heap.class_for(total, below) for total in range(1, largest + 1))
-            layout = (below, lead, table)
-            self._layouts[checked_align] = layout
-            self._policy._leads.add(lead)
+            layout = self._build_layout(checked_align)
         return checked_size, layout
+
+    def _build_layout(self, align: int) -> _Layout:
+        """The layout of ``align``: the alignment asked below, the leading red zone, and the
+        class of each total size as ``Heap.class_for(total, below)`` gives it (the smallest
+        class whose slots hold it and are aligned to ``below``).
+
+        Built by slices, one per class, not by one call per size: a signal handler that
+        allocates with the same alignment would otherwise, every time, find the table
+        unfinished and start its own, to be interrupted in turn. The layout is published in
+        one store, once complete; a handler that builds its own meanwhile builds the same.
+
+        Complexity: O(classes) steps, O(largest slot) memory.
+        """
+        below = max(align, WORD_SIZE)
+        lead = -(-self._tail // below) * below
+        classes = self._policy.heap.size_classes
+        table: list[SizeClass | None] = [None] * (classes[-1].slot_size + 1)
+        served = 0  # totals 1..served have their class
+        for size_class in classes:
+            if size_class.alignment >= below:
+                slot = size_class.slot_size
+                table[served + 1 : slot + 1] = [size_class] * (slot - served)
+                served = slot
+        layout = (below, lead, table)
+        self._policy._leads.add(lead)  # before any block with this lead exists
+        self._layouts[align] = layout
+        return layout
 
     def _check_heads(self, size_class: SizeClass) -> None:
         """Check the free-list pointer the core will follow next in ``size_class``. Lock held.
@@ -800,20 +926,31 @@ class _DebugOperations:
             if current.free:
                 self._check_head(current)
             return
-        for slab in size_class.slabs:
+        for slab in list(size_class.slabs):  # a copy (see _check_all): a handler may add one
             if slab.free:
                 self._check_head(slab)
 
     def _check_head(self, slab: MemorySlab) -> None:
         """Check the head of ``slab``'s free list and the next pointer stored in it. Lock held.
 
-        The common case, both sound, is tested inline; :meth:`_report_head` works out what is
-        wrong otherwise. The head is checked first, so that its word is read only inside the
-        slab (a pop the front end did not see, by a cache below it, could have set it).
+        The common case, both sound, is tested inline; :meth:`_report_next` (or the core's own
+        message, for a bad head) says what is wrong otherwise. The head is checked first, so
+        that its word is read only inside the slab (a pop the front end did not see, by a cache
+        below it, could have set it).
+
+        The caller looked at the slab before this call, and a signal handler or a finalizer
+        may have run since (at the call): it may have emptied the list, or released the slab.
+        So from the index test to the verdict nothing is called, and every field is read
+        afresh: the verdict is that of one real state of a slab still mapped.
         """
+        by_base, base = self._by_base, slab.base
+        if base not in by_base or by_base[base] is not slab:
+            return  # released meanwhile: nothing of it will be followed
         node, first, slot, bump, live = slab.free, slab.first, slab.slot_size, slab.bump, slab.live
+        if not node:
+            return  # emptied meanwhile: the core will carve a new slot, following nothing
         if first <= node < bump and not (node - first) % slot and not (
-            live >> ((node - slab.base) >> WORD_SHIFT) & 1
+            live >> ((node - base) >> WORD_SHIFT) & 1
         ):
             following = WORDS[node >> WORD_SHIFT]
             if following:
@@ -821,25 +958,21 @@ class _DebugOperations:
                     first <= following < bump
                     and not (following - first) % slot
                     and following != node
-                    and not live >> ((following - slab.base) >> WORD_SHIFT) & 1
+                    and not live >> ((following - base) >> WORD_SHIFT) & 1
                 ):
                     return
             elif (bump - first) // slot - slab.used == 1:
                 return
-        self._report_head(slab)
+            self._report_next(slab, node, following)
+        raise FreeListCorruptionError(
+            slab, None, node, slab.free_list_fault(node) or "not a free slot of the slab"
+        )
 
-    def _report_head(self, slab: MemorySlab) -> None:
-        """Raise the report of a corrupted free-list head or next pointer (after isolating
-        the slot that holds a corrupted pointer)."""
+    def _report_next(self, slab: MemorySlab, node: int, following: int) -> None:
+        """Raise the report of the corrupted next pointer ``following`` read from the free
+        head ``node``, after isolating the slot that holds it. Lock held."""
         policy = self._policy
-        node = slab.free
-        problem = slab.free_list_fault(node)
-        if problem is not None:
-            raise FreeListCorruptionError(slab, None, node, problem)
-        # The head is a free carved slot of the slab: its word may be read.
-        following = WORDS[node >> WORD_SHIFT]
-        problem = slab.free_list_fault(following, (node,))
-        assert problem is not None, "_check_head found nothing wrong"
+        problem = slab.free_list_fault(following, (node,)) or "not a free slot of the slab"
         message = policy._free_list_report(
             FreeListCorruptionError(slab, node, following, problem), node
         )
@@ -866,42 +999,59 @@ class _DebugOperations:
             InvalidFreeError: ``ptr`` lies inside a debug block, or is no block of this
                 allocator (reported by the layer below).
             TypeError: as ``SlabAllocator.free``.
-            Except for a quarantine, the allocator is unchanged when it raises.
+            Except for a quarantine, the allocator is unchanged when it raises. Called from
+            inside another call of this front end (a signal handler, a finalizer), the free is
+            deferred until that call ends, and an error then goes to ``Debug.deferred_errors``.
 
         Complexity: O(slot size).
         """
         if type(ptr) is not int or ptr <= 0:
             self._free_below(ptr)
             return
-        policy = self._policy
         with self._lock:
-            record = self._live.get(ptr)
-            if record is None:
-                self._free_unknown(ptr)
+            if self._busy:
+                # Re-entrant (see alloc): carried out, with every check, when the interrupted
+                # call ends; until then the block stays live.
+                self._backlog.append(ptr)
                 return
-            inner, size = record
-            slab = self._by_base.get(inner & self._mask)
-            span = slab.slot_size if slab is not None else ptr - inner + size + self._tail
-            if self._tail:
-                message = policy._redzone_damage(ptr, inner, size, span)
-                if message is not None:
-                    self._quarantine_live(ptr, inner, span, slab is not None, message)
-            del self._live[ptr]
-            allocated = self._sites.pop(ptr, None) if self._record else None
-            released = _capture(policy.site_depth) if self._record else None
-            if slab is not None:
-                if self._poison:
-                    BYTES[inner : inner + span] = policy._poison_pattern[:span]
-                # Before the free: a free that empties the slab may release it (slab_removed).
-                policy._freed[inner] = ptr - inner
-                if self._record:
-                    policy._freed_sites[inner] = (ptr, size, allocated, released)
-            else:
-                remembered = policy._freed_large
-                remembered[ptr] = (ptr, size, allocated, released)
-                if len(remembered) > _REMEMBERED_LARGE:
-                    remembered.popitem(last=False)
-            self._free_below(inner)
+            self._busy = True  # no call between this and the try: its finally always runs
+            try:
+                self._free_locked(ptr)
+            finally:
+                self._busy = False
+                if self._backlog:
+                    self._settle()
+
+    def _free_locked(self, ptr: int) -> None:
+        """The body of :meth:`free`, for a positive int. Lock held, busy set."""
+        policy = self._policy
+        record = self._live.get(ptr)
+        if record is None:
+            self._free_unknown(ptr)
+            return
+        inner, size = record
+        slab = self._by_base.get(inner & self._mask)
+        span = slab.slot_size if slab is not None else ptr - inner + size + self._tail
+        if self._tail:
+            message = policy._redzone_damage(ptr, inner, size, span)
+            if message is not None:
+                self._quarantine_live(ptr, inner, span, slab is not None, message)
+        del self._live[ptr]
+        allocated = self._sites.pop(ptr, None) if self._record else None
+        released = _capture(policy.site_depth, 3) if self._record else None
+        if slab is not None:
+            if self._poison:
+                BYTES[inner : inner + span] = policy._poison_pattern[:span]
+            # Before the free: a free that empties the slab may release it (slab_removed).
+            policy._freed[inner] = ptr - inner
+            if self._record:
+                policy._freed_sites[inner] = (ptr, size, allocated, released)
+        else:
+            remembered = policy._freed_large
+            remembered[ptr] = (ptr, size, allocated, released)
+            if len(remembered) > _REMEMBERED_LARGE:
+                remembered.popitem(last=False)
+        self._free_below(inner)
 
     def _quarantine_live(
         self, user: int, inner: int, span: int, in_slab: bool, message: str

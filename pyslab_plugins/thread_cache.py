@@ -1,31 +1,162 @@
-"""``thread-cache``: per-thread magazines of free blocks, exchanged with the slabs in batches."""
+"""``thread-cache``: per-thread magazines of free blocks, exchanged with the slabs in batches.
+
+How the front end stays correct without a lock on its hot path
+--------------------------------------------------------------
+CPython with its global interpreter lock runs one thread's bytecode at a time and lets another
+thread, a signal handler or a finalizer run only at certain points: at a call (a Python
+function's entry, or right after a C function returns), at a backward jump, and at the
+allocation of an object the cycle collector tracks. A sequence of bytecodes free of those
+points is atomic. The design rests on that, and on ``list.append``/``list.pop`` and single dict
+operations on int keys being atomic (they run no Python code). It is not safe on a build
+without the GIL.
+
+A slab block is in exactly one of three places: with a caller (live in its slab, not
+*marked*), in one magazine (live, marked: its address is a key of ``_cached``), or free in its
+slab. Every move is one atomic step, or leaves the block in a state every other operation
+refuses:
+
+- ``free``: the test "live and not marked" and the mark are adjacent, with no call between
+  them, so of two frees of one block (two threads, or a signal handler) exactly one passes;
+  the other raises ``DoubleFreeError``. The push follows (``list.append``).
+- ``alloc``: ``list.pop`` makes the block this thread's alone; the mark is dropped after it
+  (in between, a free of the block is refused: it was never handed out).
+- Blocks going back to the slabs (a full magazine's oldest batch, a flush, the magazines of a
+  thread that is gone) leave their stack through one C-level call (``list.extend`` of
+  ``map(stack.pop, ...)``, which runs no Python code between two pops), are freed by the core
+  and unmarked under the allocator's lock. A block stays marked until the core has freed it, so
+  no free can slip in between; only addresses that the slab no longer holds as live lose their
+  mark (the core defers the frees of a re-entrant call: those stay marked, *stale*, until they
+  are found free in the slab, or handed out again through this front end).
+- A refill takes, marks and pushes its blocks under the allocator's lock.
+- Every block that comes from the slabs to be handed out (a refill's, or one the layer below
+  serves) loses any mark it has: a handler on this thread may take it from the slab between
+  the core's free of a give-back and its unmark (the allocator's lock is re-entrant).
+
+Another thread may drain a magazine (``flush``) while its owner pushes and pops: the pops are
+disjoint, and a push that lands after the drain stays in the magazine, accounted for.
+
+Whose magazines
+---------------
+Each thread has one :class:`_Magazines`, registered by ``threading.get_ident()`` with its
+native thread id, and found on the hot path through a ``threading.local`` (one attribute load).
+A thread that ``threading`` started gives its blocks back when its thread state goes (it
+exits). A thread that C created gets a new Python thread state for every call into Python
+(ctypes makes one per callback): its magazines stay registered between its calls, are found
+again by identifier, and go back when the thread is gone (its native id no longer listed in
+``/proc/self/task``, looked up when a new thread's magazines are made, every
+:data:`_SWEEP_EVERY` refills, and at every ``flush``) or at ``flush`` (``shrink``, ``close``,
+``set_policy``). The registry itself is updated only by atomic steps (a store, or a
+compare-and-delete with no call inside): it takes no lock, so that no lock order with the
+allocator's lock, and no lock held across ``fork()``, can arise.
+
+Retirement
+----------
+``set_policy`` replaces the front end while other threads may be inside it (they looked the
+method up before the switch). ``unbind`` retires it: its limit drops to -1, so that every later
+free through it spills at once; a retired front end refills nothing (allocations go to the
+layer below) and every spill gives back all the magazines of the thread that made it. Blocks
+pushed by a late call therefore go back to the heap within that same call, and the
+``set_policy`` that retired the front end has already flushed everything else.
+
+``fork()``: the child has one thread. Its magazines are kept (the registry learns its new
+native id); every other thread's go back to the heap, and marks left by moves another thread
+was in the middle of (a block popped and not yet handed out, or marked and not yet pushed)
+are dropped: those blocks stay live with no owner, like every block those threads held.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import os
 import threading
+import time
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Final
 
-from pyslab import CorruptionError, DoubleFreeError, Policy
+from pyslab import AllocatorClosedError, CorruptionError, DoubleFreeError, Policy
 from pyslab.core import WORD_SHIFT, WORD_SIZE, MemorySlab, SizeClass, SlabIndex
 from pyslab.policy import BlockOperations, Heap
+
+__all__ = ["ThreadCache"]
+
+_C_ALIGNMENT: Final = 2 * WORD_SIZE
+"""``alignof(max_align_t)``: what ``pyslab.c_functions`` asks for blocks of 16 bytes or more,
+served from the magazines too (every slot of a class is aligned to the class's alignment)."""
+_SWEEP_EVERY: Final = 64
+"""Refills between two looks for C threads that are gone, while some C thread is registered."""
+_TASKS: Final = "/proc/self/task"
+"""One entry per live thread of this process, named by its native id (Linux)."""
+_CHECK_ATTEMPTS: Final = 5
+"""Looks ``check`` takes before reporting: another thread's move may be in flight."""
 
 
 class _Magazines:
     """One thread's magazines: a stack of cached block addresses per size class.
 
-    Held only by the thread's ``threading.local``: when the thread exits, the object goes and
-    its blocks go back to the heap.
+    Only the owning thread pushes; the owner and whoever drains (``flush``, a thread gone)
+    pop, each pop atomic. ``native_id`` changes only when a new thread with the same
+    identifier adopts the magazines (the old thread is gone), or in the child of a fork.
     """
 
-    __slots__ = ("__weakref__", "owner", "stacks")
+    __slots__ = ("ident", "native_id", "python_thread", "stacks")
 
-    def __init__(self, owner: ThreadCache, classes: int) -> None:
-        self.owner = owner
-        self.stacks: list[list[int]] = [[] for _ in range(classes)]
+    def __init__(self, classes: int, ident: int, native_id: int, python_thread: bool) -> None:
+        self.stacks: Final[list[list[int]]] = [[] for _ in range(classes)]
+        self.ident: Final = ident
+        self.native_id = native_id
+        self.python_thread = python_thread
+        """True when ``threading`` started the thread: its thread state lives as long as it
+        does, so the magazines go back when the state goes."""
+
+
+class _Holder:
+    """What a thread state's ``threading.local`` holds: the thread's stacks for the hot path,
+    and, when the thread state goes, the signal to give them back (a thread that exits) or to
+    keep them (a thread that C created, between two calls)."""
+
+    __slots__ = ("front", "installed", "magazines", "stacks")
+
+    def __init__(self, front: _CachedOperations, magazines: _Magazines) -> None:
+        # Weak: a retired front end is not kept alive by the threads that used it.
+        self.front: Final = weakref.ref(front)
+        self.magazines: Final = magazines
+        self.stacks: Final = magazines.stacks
+        self.installed = False
+        """True once in the thread state's ``threading.local``: only then does its end mean
+        anything (a holder made by a call that a nested one beat to it just goes)."""
 
     def __del__(self) -> None:
-        self.owner.give_back(self)
+        front = self.front()
+        if front is not None and self.installed:
+            front.detach(self.magazines)
+
+
+def _started_by_python(ident: int) -> bool:
+    """True when ``threading`` started the thread ``ident`` (or it is the main thread).
+
+    Reads ``threading``'s table of its threads as one dict lookup, with no lock: this runs on
+    a thread's first allocator call, possibly in a finalizer inside ``threading``'s own locked
+    code. A thread C created is absent, or present as a ``_DummyThread`` (made by a call to
+    ``threading.current_thread()``): neither has a thread state for its whole life.
+    """
+    started: Mapping[int, threading.Thread] | None = getattr(threading, "_active", None)
+    thread = started.get(ident) if started is not None else None
+    return thread is not None and not isinstance(thread, threading._DummyThread)
+
+
+def _pop_front(stack: list[int], count: int) -> list[int]:
+    """Take up to ``count`` blocks from the bottom (oldest end) of ``stack``, atomically each.
+
+    One C-level call: no Python code runs between two pops, so no handler can find a block
+    neither in the stack nor in the result. Fewer come back when another thread or a handler
+    popped first. Complexity: O(count * len(stack)) memory moves of a few words.
+    """
+    taken: list[int] = []
+    with contextlib.suppress(IndexError):  # the stack ran out first: the rest is in ``taken``
+        taken.extend(map(stack.pop, itertools.repeat(0, count)))
+    return taken
 
 
 class ThreadCache(Policy):
@@ -38,20 +169,28 @@ class ThreadCache(Policy):
     - ``free`` pushes onto the calling thread's stack, whichever thread allocated the block;
       a stack longer than ``magazine`` gives its ``batch`` oldest blocks back under one lock.
     - A block in a magazine is *used* for the slabs (``stats()`` counts it in
-      ``cached_slots``). A thread that exits gives its blocks back; ``close()`` and ``shrink()``
-      call :meth:`flush`, which takes every thread's.
-    - Double frees stay detected across threads: every cached address is in one shared dict,
-      so freeing a block that sits in any magazine raises ``DoubleFreeError``. Owners are
-      found with a :class:`~pyslab.core.SlabIndex` of the policy's own (as ``dict-lookup``),
-      read without the lock (a dict read is atomic in CPython).
-    - Requests with an alignment above the pointer size, and large blocks, go straight to the
+      ``cached_slots``). A thread that exits gives its blocks back; a thread that C created
+      keeps its magazines across its calls and gives them back once it is gone; ``close()``,
+      ``shrink()`` and ``set_policy()`` call :meth:`flush`, which takes every thread's, safely
+      while other threads allocate.
+    - Double frees stay detected across threads, even two frees of one block at the same
+      moment: every cached address is in one shared dict, marked by the free that wins, so
+      freeing a block that sits in any magazine raises ``DoubleFreeError``. Owners are found
+      with a :class:`~pyslab.core.SlabIndex` of the policy's own (as ``dict-lookup``), read
+      without the lock (a dict read is atomic in CPython).
+    - Requests aligned to the pointer size or to ``2 * pointer size`` (C's ``max_align_t``)
+      are served from the magazines; larger alignments, and large blocks, go straight to the
       layer below.
+    - ``set_policy`` may add or remove the policy while other threads allocate: the front end
+      it replaces is retired (see the module documentation), and every block stays accounted
+      for. ``fork()`` leaves the child a consistent cache.
 
     Cost: memory of up to ``magazine`` blocks per class per thread held back from other
     threads; a lock every ``batch`` operations instead of every one. In CPython the global
     interpreter lock already serialises Python code, so the gain is the lock's own cost, not
-    parallelism. ``flush()`` and ``check()`` touch other threads' magazines: call them (through
-    ``close``, ``shrink``, ``validate``) while no other thread is allocating.
+    parallelism. A thread that C created pays, per call, for finding its magazines again (its
+    thread state is new): a few microseconds. ``check()`` (``validate``) looks at other
+    threads' magazines while they run; a move in flight is waited for, briefly.
 
     Args:
         magazine: blocks a thread may cache per class (default 64).
@@ -77,179 +216,490 @@ class ThreadCache(Policy):
             raise ValueError(f"batch {batch} exceeds magazine {magazine}")
         self.magazine = magazine
         self.batch = batch
+        self._front: _CachedOperations | None = None
+        self._sets_made = 0
+
+    @property
+    def magazine_sets(self) -> int:
+        """Magazine sets made since the policy was built: one per thread that used it (a
+        thread reusing a gone thread's identifier adopts its set), never one per call.
+
+        Complexity: O(1).
+        """
+        return self._sets_made
 
     def bind(self, heap: Heap) -> None:
-        """Start with no magazines and an empty slab index."""
+        """Start with no magazines and an empty slab index; a front end of an earlier binding
+        is retired first (``set_policy`` binding this instance again)."""
+        self._retire()
+        earlier: SlabIndex | None = getattr(self, "_index", None)
+        if earlier is not None:
+            earlier.clear()  # the retired front end's late calls find no slab (see unbind)
         super().bind(heap)
         self._index = SlabIndex(heap.slab_size)
-        # The front end's free probes the index's dict itself on every call (no call layer);
-        # it is updated in place, so these references stay current.
-        self._by_base = self._index.by_base
-        self._mask = self._index.mask
-        self._local = threading.local()
-        self._cached: dict[int, None] = {}
-        """Every address in any magazine (insertion order is irrelevant)."""
-        self._threads: weakref.WeakSet[_Magazines] = weakref.WeakSet()
-        self._bound = True
 
     def unbind(self) -> None:
-        """Forget every magazine (their blocks were flushed by ``close`` or stay live) and
-        every slab: a front end still holding the index then finds none, rather than slabs
+        """Retire the front end (its blocks go back: see the module documentation), then forget
+        every slab: a late call still holding the index then finds none, rather than slabs
         whose memory may have gone back to the page source."""
-        self._bound = False
-        self._threads = weakref.WeakSet()
-        self._local = threading.local()
+        self._retire()
         self._index.clear()
+
+    def _retire(self) -> None:
+        front, self._front = self._front, None
+        if front is not None:
+            front.retire()
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Index the slab by base. Complexity: O(1)."""
         self._index.add(slab)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Drop the slab from the index. Complexity: O(1)."""
+        """Drop the slab from the index, and the stale marks of its slots. Complexity: O(1),
+        plus O(stale marks) in the rare case there are any."""
         self._index.remove(slab)
+        if self._front is not None:
+            self._front.forget_stale_in(slab.base)
 
     def frontend(self, inner: BlockOperations) -> BlockOperations:
         """Wrap the operations of the layer below with the magazines."""
-        return _CachedOperations(self, inner)
-
-    def _magazines(self) -> _Magazines:
-        magazines = _Magazines(self, len(self.heap.size_classes))
-        self._local.magazines = magazines
-        self._threads.add(magazines)
-        return magazines
-
-    # --- exchanges with the heap -------------------------------------------------------------
-
-    def give_back(self, magazines: _Magazines) -> None:
-        """Return every block of one thread's magazines to the heap (thread exit, flush)."""
-        if not self._bound:
-            return
-        blocks = [address for stack in magazines.stacks for address in stack]
-        for stack in magazines.stacks:
-            stack.clear()
-        self._forget(blocks)
-        self.heap.return_blocks(blocks)
-
-    def _forget(self, blocks: list[int]) -> None:
-        cached = self._cached
-        for address in blocks:
-            del cached[address]
+        self._retire()  # one front end per binding
+        self._front = _CachedOperations(self, inner)
+        return self._front
 
     def flush(self) -> None:
-        """Give back every thread's cached blocks (``close``, ``shrink``). Complexity: O(held)."""
-        for magazines in list(self._threads):
-            self.give_back(magazines)
+        """Give back every thread's cached blocks (``close``, ``shrink``, ``set_policy``),
+        while other threads keep allocating if they like; forget C threads that are gone.
+
+        Complexity: O(held + threads).
+        """
+        if self._front is not None:
+            self._front.flush()
 
     def cached_blocks(self) -> Mapping[int, int]:
-        """Cached blocks per slot size, over every thread."""
-        counts: dict[int, int] = {}
-        for magazines in list(self._threads):
-            for size_class, stack in zip(self.heap.size_classes, magazines.stacks, strict=True):
-                if stack:
-                    counts[size_class.slot_size] = counts.get(size_class.slot_size, 0) + len(stack)
-        return counts
+        """Cached blocks per slot size, over every thread (a snapshot: other threads run on).
+
+        Complexity: O(threads * classes).
+        """
+        return self._front.cached_blocks() if self._front is not None else {}
 
     def check(self) -> None:
         """The slab index agrees with the heap; every cached address is a live block of its
-        class, in exactly one magazine.
+        class, marked, in exactly one magazine; every mark is a block in a magazine, or a
+        stale one the slab holds free.
 
         Raises:
-            CorruptionError: naming the slab or the address.
+            CorruptionError: naming the slab or the address (after a few looks: a move another
+                thread has in flight is not reported).
 
-        Complexity: O(slabs + cached blocks).
+        Complexity: O(slabs + cached blocks) per look.
         """
         self._index.check(self.heap.size_classes, "the thread-cache slab index")
-        seen: set[int] = set()
-        for magazines in list(self._threads):
-            for size_class, stack in zip(self.heap.size_classes, magazines.stacks, strict=True):
-                for address in stack:
-                    slab = self._index.owner(address)
-                    if slab is None or slab.size_class is not size_class:
-                        raise CorruptionError(f"cached {address:#x} is not a {size_class!r} block")
-                    if not slab.is_live(address) or address in seen:
-                        raise CorruptionError(f"cached {address:#x} is free, or cached twice")
-                    seen.add(address)
-        if seen != self._cached.keys():
-            raise CorruptionError(
-                f"{len(self._cached)} addresses marked cached, {len(seen)} in magazines"
-            )
+        if self._front is not None:
+            self._front.check()
+
+
+_FRONT_ENDS: Final[weakref.WeakSet[_CachedOperations]] = weakref.WeakSet()
+"""Every front end not yet retired, for the fork handler."""
+
+
+def _after_fork_in_child() -> None:
+    # Registered after the core's handler (this module imports the core first), which has
+    # given every allocator a fresh lock by now: giving blocks back here is safe.
+    for front in list(_FRONT_ENDS):
+        front.rebuild_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _CachedOperations:
-    """The block operations of a thread-cache front end (see :class:`ThreadCache`)."""
+    """The block operations of a thread-cache front end, and the cache's state for one
+    binding (see :class:`ThreadCache` and the module documentation)."""
+
+    __slots__ = (
+        "__weakref__", "_batch", "_by_base", "_by_size", "_by_size_c", "_cached", "_classes",
+        "_heap", "_inner", "_largest", "_limit", "_local", "_mask", "_policy", "_refills",
+        "_retired", "_stale", "_threads",
+    )
 
     def __init__(self, policy: ThreadCache, inner: BlockOperations) -> None:
         heap = policy.heap
-        self._policy = policy
-        self._inner = inner
-        largest = heap.size_classes[-1].slot_size
-        self._by_size: list[SizeClass | None] = [None]
+        self._policy: Final = policy
+        self._heap: Final = heap
+        self._inner: Final = inner
+        self._classes: Final = tuple(heap.size_classes)
+        largest = self._classes[-1].slot_size
+        self._by_size: Final[list[SizeClass | None]] = [None]
         self._by_size.extend(heap.class_for(size) for size in range(1, largest + 1))
-        self._largest = len(self._by_size) - 1
+        self._by_size_c: Final[list[SizeClass | None]] = [None]
+        self._by_size_c.extend(
+            heap.class_for(size, _C_ALIGNMENT) for size in range(1, largest + 1)
+        )
+        self._largest: Final = largest
+        # The index's dict and mask, probed inline on every free: updated in place.
+        self._by_base: Final = policy._index.by_base
+        self._mask: Final = policy._index.mask
+        self._batch: Final = policy.batch
+        self._limit = policy.magazine
+        """A stack longer than this spills; -1 once retired (every push spills)."""
+        self._retired = False
+        self._local: Final = threading.local()
+        self._threads: Final[dict[int, _Magazines]] = {}
+        """Every thread's magazines, by ``threading.get_ident()``."""
+        self._cached: Final[dict[int, None]] = {}
+        """Every address in any magazine, and the stale marks (insertion order irrelevant)."""
+        self._stale: Final[dict[int, None]] = {}
+        """Marked addresses whose free the core deferred: unmarked once found free."""
+        self._refills = 0
+        _FRONT_ENDS.add(self)
+
+    # --- the hot path ----------------------------------------------------------------------
 
     def alloc(self, size: int, align: int = WORD_SIZE) -> int:
-        """Pop the thread's magazine; refill it from the slabs when empty. Complexity: O(1)."""
-        small = type(size) is int and 0 < size <= self._largest
-        if small and type(align) is int and align == WORD_SIZE:
-            size_class = self._by_size[size]
-            policy = self._policy
-            try:
-                magazines: _Magazines = policy._local.magazines
-            except AttributeError:
-                magazines = policy._magazines()
-            assert size_class is not None
-            stack = magazines.stacks[size_class.index]
-            if stack:
-                address = stack.pop()
-                del policy._cached[address]
-                return address
-            refill = policy.heap.take_blocks(size_class, policy.batch)
-            if refill:
-                address = refill.pop()
-                policy._cached.update(dict.fromkeys(refill))
-                stack.extend(refill)
-                return address
-        return self._inner.alloc(size, align)
-
-    def free(self, ptr: int | None) -> None:
-        """Push onto the thread's magazine; flush the oldest batch when it overflows.
+        """Pop the thread's magazine; refill it from the slabs when empty.
 
         Raises:
-            DoubleFreeError: ``ptr`` already sits in a magazine (of any thread).
+            TypeError, ValueError, MemoryError: as the layer below.
+
+        Complexity: O(1); a refill is O(batch) under the lock.
+        """
+        if type(size) is int and 0 < size <= self._largest and type(align) is int:
+            if align == WORD_SIZE:
+                size_class = self._by_size[size]
+            elif align == _C_ALIGNMENT:
+                size_class = self._by_size_c[size]
+            else:
+                size_class = None
+            if size_class is not None:
+                try:
+                    stacks: list[list[int]] = self._local.holder.stacks
+                except AttributeError:
+                    stacks = self._attach().stacks
+                try:
+                    address = stacks[size_class.index].pop()
+                except IndexError:
+                    return self._refill(stacks, size_class, size, align)
+                del self._cached[address]  # the pop made it this thread's alone
+                return address
+        return self._alloc_below(size, align)
+
+    def free(self, ptr: int | None) -> None:
+        """Push onto the thread's magazine; spill the oldest batch when it overflows.
+
+        Raises:
+            DoubleFreeError: ``ptr`` already sits in a magazine (of any thread), or another
+                thread's free of it won the race.
             InvalidFreeError: as the layer below, for every address that is not a live block.
 
-        Complexity: O(1); a flush is O(batch) under the lock.
+        Complexity: O(1); a spill is O(batch) under the lock.
         """
         if type(ptr) is int and ptr > 0 and not ptr & (WORD_SIZE - 1):
-            policy = self._policy
-            slab = policy._by_base.get(ptr & policy._mask)  # SlabIndex.owner, inlined
-            # a live block start in the slabs' view: the bit of its first word is set
+            try:
+                stacks: list[list[int]] = self._local.holder.stacks
+            except AttributeError:
+                stacks = self._attach().stacks
+            slab = self._by_base.get(ptr & self._mask)  # SlabIndex.owner, inlined
+            # From the live test to the mark, no call: nothing else runs in between (see the
+            # module documentation), so two frees of one block cannot both pass.
             if slab is not None and slab.live >> ((ptr - slab.base) >> WORD_SHIFT) & 1:
-                cached = policy._cached
+                cached = self._cached
                 if ptr in cached:
                     raise DoubleFreeError(f"double free of {ptr:#x}: it is in a thread cache", ptr)
                 cached[ptr] = None
-                try:
-                    magazines: _Magazines = policy._local.magazines
-                except AttributeError:
-                    magazines = policy._magazines()
-                stack = magazines.stacks[slab.size_class.index]
+                stack = stacks[slab.size_class.index]
                 stack.append(ptr)
-                if len(stack) > policy.magazine:
-                    oldest = stack[: policy.batch]
-                    del stack[: policy.batch]
-                    policy._forget(oldest)
-                    policy.heap.return_blocks(oldest)
+                if len(stack) > self._limit:
+                    self._spill(stack, stacks)
                 return
         self._inner.free(ptr)
 
     def usable_size(self, ptr: int) -> int:
         """As the layer below, refusing blocks that sit in a magazine (they are free)."""
-        if ptr in self._policy._cached:
-            raise DoubleFreeError(f"{ptr:#x} was freed: it is in a thread cache", ptr)
+        if ptr in self._cached:
+            slab = self._by_base.get(ptr & self._mask) if type(ptr) is int else None
+            if slab is not None and slab.is_live(ptr):  # not a stale mark
+                raise DoubleFreeError(f"{ptr:#x} was freed: it is in a thread cache", ptr)
         return self._inner.usable_size(ptr)
 
     def owns(self, ptr: int) -> bool:
         """As the layer below; a block in a magazine is free, so not owned by a caller."""
-        return ptr not in self._policy._cached and self._inner.owns(ptr)
+        return ptr not in self._cached and self._inner.owns(ptr)
+
+    # --- exchanges with the heap -----------------------------------------------------------
+
+    def _alloc_below(self, size: int, align: int) -> int:
+        address = self._inner.alloc(size, align)
+        self._unmark_handed_out(address)
+        return address
+
+    def _unmark_handed_out(self, address: int) -> None:
+        """``address`` just came from the slabs to be handed out: it is no magazine's, so any
+        mark on it goes. There can be one: the block's give-back that this call interrupted
+        (a handler or a finalizer on this thread) has freed it in the slab and not yet
+        unmarked it, or the core deferred that free (a stale mark)."""
+        self._cached.pop(address, None)
+        if self._stale:
+            self._stale.pop(address, None)
+
+    def _refill(self, stacks: list[list[int]], size_class: SizeClass, size: int,
+                align: int) -> int:
+        """Take ``batch`` blocks under the allocator's lock, mark them and push all but one,
+        which is returned; the layer below serves when none can be taken (a re-entrant call,
+        or a retired front end)."""
+        heap = self._heap
+        with heap.lock:  # a drain by another thread waits: the new blocks are in or not yet
+            taken = [] if self._retired else heap.take_blocks(size_class, self._batch)
+            if not taken:
+                return self._alloc_below(size, align)
+            address = taken.pop()
+            self._cached.update(dict.fromkeys(taken))
+            self._unmark_handed_out(address)
+            stacks[size_class.index].extend(taken)
+        self._refills += 1
+        if not self._refills % _SWEEP_EVERY:
+            self._sweep()
+        return address
+
+    def _spill(self, stack: list[int], stacks: list[list[int]]) -> None:
+        """``stack`` outgrew the limit: give back its oldest batch, or, retired, every block
+        of the calling thread."""
+        if self._retired:
+            self._give_back([address for each in stacks for address in _pop_front(each, len(each))])
+        else:
+            self._give_back(_pop_front(stack, self._batch))
+
+    def _give_back(self, blocks: Sequence[int]) -> None:
+        """Free ``blocks`` (popped from magazines, still marked) to the heap and unmark each
+        one the slab now holds free, under one hold of the allocator's lock: no other thread
+        can take a block from the slab and hand it out while it is still marked.
+
+        A free the core defers (a re-entrant call) leaves its block live: its mark stays,
+        *stale*, until the block is found free. After ``close()`` the heap has released
+        every slab: nothing is left to give back to.
+        """
+        if not blocks:
+            return
+        heap = self._heap
+        with heap.lock:
+            try:
+                heap.return_blocks(blocks)
+            except AllocatorClosedError:
+                pass
+            finally:
+                self._unmark_free(blocks)
+
+    def _unmark_free(self, blocks: Sequence[int]) -> None:
+        """Drop the mark of every block of ``blocks`` the slab holds free; keep the others as
+        stale. Lock held."""
+        by_base, mask, cached, stale = self._by_base, self._mask, self._cached, self._stale
+        deferred = False
+        for address in blocks:
+            slab = by_base.get(address & mask)
+            if slab is None or not slab.live >> ((address - slab.base) >> WORD_SHIFT) & 1:
+                cached.pop(address, None)
+                stale.pop(address, None)
+            else:
+                stale[address] = None
+                deferred = True
+        if stale and not deferred:
+            # The core was not busy, so its backlog is settled: every earlier stale mark of a
+            # block the slab now holds free can go too.
+            self._settle_stale()
+
+    def _settle_stale(self) -> None:
+        """Unmark the stale addresses the slab holds free; forget those no longer marked, or
+        marked again because they are back in a magazine. Lock held, backlog settled."""
+        by_base, mask, cached, stale = self._by_base, self._mask, self._cached, self._stale
+        for address in list(stale):
+            slab = by_base.get(address & mask)
+            if slab is None or not slab.live >> ((address - slab.base) >> WORD_SHIFT) & 1:
+                cached.pop(address, None)
+            del stale[address]
+
+    def forget_stale_in(self, base: int) -> None:
+        """Drop the stale marks of the slab at ``base``, which goes back to the page source."""
+        stale = self._stale
+        if stale:
+            mask, cached = self._mask, self._cached
+            for address in list(stale):  # a copy taken with no point where a handler runs
+                if address & mask == base:
+                    stale.pop(address, None)
+                    cached.pop(address, None)
+
+    def _give_back_magazines(self, magazines: _Magazines) -> None:
+        self._give_back([a for stack in magazines.stacks for a in _pop_front(stack, len(stack))])
+
+    # --- whose magazines -------------------------------------------------------------------
+
+    def _attach(self) -> _Holder:
+        """Find (or make) the calling thread's magazines for its current thread state.
+
+        A thread C created comes here on every call (its thread state is new each time) and
+        finds its magazines by identifier. A set registered under this identifier for another
+        native id belongs to a thread that is gone (an identifier is reused only then): it is
+        adopted, with its blocks.
+        """
+        ident = threading.get_ident()
+        native = threading.get_native_id()
+        threads = self._threads
+        magazines = threads.get(ident)
+        new_thread = True
+        if magazines is None:
+            # Making objects may run a finalizer that allocates, and so attaches, first: then
+            # its set is the thread's (setdefault is atomic), and its holder below.
+            made = _Magazines(len(self._classes), ident, native, _started_by_python(ident))
+            magazines = threads.setdefault(ident, made)
+            if magazines is made:
+                self._policy._sets_made += 1  # no call inside: atomic
+        elif magazines.native_id != native:
+            magazines.python_thread = _started_by_python(ident)
+            # Both stores with no call between: a sweep that has just dropped the set (its
+            # old thread is gone) sees the new native id, or finds the set registered again.
+            magazines.native_id = native
+            threads[ident] = magazines
+        else:
+            new_thread = False  # the next call of a thread C created
+        holder = _Holder(self, magazines)
+        try:
+            holder = self._local.holder  # a nested call attached first: keep its holder
+        except AttributeError:
+            holder.installed = True  # from here to the store, no call
+            self._local.holder = holder
+        if new_thread and not magazines.python_thread:
+            self._sweep()  # a new C thread: others may have gone
+        return holder
+
+    def detach(self, magazines: _Magazines) -> None:
+        """A thread state holding ``magazines`` went. A thread ``threading`` started is
+        exiting: its blocks go back. A thread C created keeps them for its next call."""
+        if not magazines.python_thread:
+            return
+        threads, ident = self._threads, magazines.ident
+        if ident in threads and threads[ident] is magazines:  # no call inside: atomic
+            del threads[ident]
+        self._give_back_magazines(magazines)
+
+    def _sweep(self) -> None:
+        """Give back the magazines of every C thread that is gone (its native id no longer in
+        ``/proc/self/task``). Without ``/proc``, they go back at ``flush`` only.
+
+        Complexity: O(threads), one directory listing.
+        """
+        threads = self._threads
+        foreign = [(m, m.native_id) for m in list(threads.values()) if not m.python_thread]
+        if not foreign:
+            return
+        try:
+            alive = {int(name) for name in os.listdir(_TASKS)}
+        except (OSError, ValueError):
+            return
+        for magazines, native in foreign:
+            if native in alive:
+                continue
+            ident = magazines.ident
+            # Compare and delete with no call inside (atomic): a new thread that adopted the
+            # set meanwhile changed its native id, and keeps it.
+            if ident in threads and threads[ident] is magazines and magazines.native_id == native:
+                del threads[ident]
+                self._give_back_magazines(magazines)
+
+    # --- whole-cache operations ------------------------------------------------------------
+
+    def flush(self) -> None:
+        """Give back every registered thread's blocks (each drain atomic per block), and the
+        magazines of C threads that are gone. Lock held (``close``, ``shrink``,
+        ``set_policy``), not re-entrant."""
+        self._sweep()
+        for magazines in list(self._threads.values()):
+            self._give_back_magazines(magazines)
+        if self._stale:
+            with self._heap.lock:
+                self._settle_stale()
+
+    def retire(self) -> None:
+        """Stop serving (``unbind``, or a new binding): see "Retirement" in the module
+        documentation. Every registered thread's blocks go back."""
+        self._retired = True
+        self._limit = -1
+        _FRONT_ENDS.discard(self)
+        for magazines in list(self._threads.values()):
+            self._give_back_magazines(magazines)
+        self._threads.clear()
+
+    def cached_blocks(self) -> dict[int, int]:
+        """Cached blocks per slot size, over every registered thread."""
+        counts: dict[int, int] = {}
+        for magazines in list(self._threads.values()):
+            for size_class, stack in zip(self._classes, magazines.stacks, strict=True):
+                if stack:
+                    slot = size_class.slot_size
+                    counts[slot] = counts.get(slot, 0) + len(stack)
+        return counts
+
+    def check(self) -> None:
+        """See :meth:`ThreadCache.check`. Other threads may move blocks meanwhile: a finding
+        is reported only if it is still there after a few looks, with pauses that let them
+        finish."""
+        problem = self._problem()
+        for attempt in range(1, _CHECK_ATTEMPTS):
+            if problem is None:
+                return
+            time.sleep(0.001 * 2**attempt)  # drops the GIL: threads in flight land
+            problem = self._problem()
+        if problem is not None:
+            raise CorruptionError(problem)
+
+    def _problem(self) -> str | None:
+        """The first broken invariant of the cache, or None. Reads copies (each atomic)."""
+        by_base, mask = self._by_base, self._mask
+        marked = set(self._cached)
+        seen: set[int] = set()
+        for magazines in list(self._threads.values()):
+            for size_class, stack in zip(self._classes, magazines.stacks, strict=True):
+                for address in list(stack):
+                    slab = by_base.get(address & mask)
+                    if slab is None or slab.size_class is not size_class:
+                        return f"cached {address:#x} is not a {size_class!r} block"
+                    if not slab.is_live(address) or address in seen:
+                        return f"cached {address:#x} is free, or cached twice"
+                    if address not in marked:
+                        return f"cached {address:#x} is in a magazine but not marked as cached"
+                    seen.add(address)
+        for address in marked - seen:
+            if address in self._stale:
+                # A free the core deferred (the slab holds it free by now), or a slot that a
+                # layer took from the slabs itself (debug's quarantine): never handed out here.
+                continue
+            slab = by_base.get(address & mask)
+            if slab is not None and slab.is_live(address):
+                return (
+                    f"{address:#x} is marked as cached but is in no magazine ("
+                    f"{len(marked)} addresses marked cached, {len(seen)} in magazines)"
+                )
+            return f"{address:#x} is marked as cached but is free, and not a stale mark"
+        return None
+
+    def rebuild_after_fork(self) -> None:
+        """In the child of a fork: keep this thread's magazines (under its new native id),
+        give back every other thread's, drop the marks of blocks in flight (see the module
+        documentation)."""
+        if self._retired:
+            return
+        ident = threading.get_ident()
+        mine = self._threads.get(ident)
+        others = [m for m in list(self._threads.values()) if m is not mine]
+        self._threads.clear()
+        if mine is not None:
+            mine.native_id = threading.get_native_id()
+            self._threads[ident] = mine
+        for magazines in others:
+            self._give_back_magazines(magazines)
+        kept = {a for stack in mine.stacks for a in stack} if mine is not None else set()
+        with self._heap.lock:
+            for address in list(self._cached):
+                if address not in kept and address not in self._stale:
+                    del self._cached[address]
+            if self._stale:
+                self._settle_stale()

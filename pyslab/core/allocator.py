@@ -877,6 +877,13 @@ class SlabAllocator(CallGuard):
         offered to the new ``keep_empty``. Every bound policy is unbound, or bound again when
         the new composition holds the same instance (which restarts its state).
 
+        Other threads may go on allocating and freeing meanwhile, front ends added or removed
+        included: a call that looked up the old front end's method before the switch runs in
+        it after the switch, so the policies that hold blocks give them back first (``flush``)
+        and a replaced front end must pass whatever such late calls leave it back to the heap
+        within those calls (``thread-cache`` does: an unbound cache refills nothing and gives
+        back every block pushed onto it). ``debug`` is refused while its blocks are live, below.
+
         Raises:
             UnknownPolicyError, PolicyError: the new policy cannot be built or bound (see
                 :func:`~pyslab.policy.resolve`); or a bound policy reports

@@ -8,6 +8,14 @@ replaced by a fresh lock in the child.
 Objects are tracked by *level*: locks of a higher level are taken first, because code holding
 them may call into objects of a lower level (a typed slab calls its allocator), never the
 reverse; so the fork handler takes locks in the order the program does and cannot deadlock.
+
+State that other threads change without any lock (``thread-cache``'s per-thread magazines,
+moved by single atomic steps of the interpreter) cannot be held still by a lock: another thread
+may be between two such steps when the parent forks. Its owner rebuilds it in the child, from
+an ``os.register_at_fork`` handler of its own. Handlers run in the child in the order they were
+registered, and this module registers its handler when the core is imported, before any plugin
+can register one: so such a rebuild runs once every tracked lock is fresh, and may call the
+allocators.
 """
 
 from __future__ import annotations
