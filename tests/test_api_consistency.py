@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 import pyslab
@@ -62,3 +64,28 @@ def test_a_failing_index_is_a_type_error_naming_the_value() -> None:
 def test_a_policy_spec_of_the_wrong_type_is_named(spec: object) -> None:
     with pytest.raises(TypeError, match=r"policy= takes a pyslab.Policy, a spec string"):
         pyslab.SlabAllocator(policy=spec)  # type: ignore[arg-type]
+
+
+def test_after_close_every_call_on_blocks_is_refused_and_the_heap_queries_answer() -> None:
+    heap = pyslab.SlabAllocator()
+    block = heap.alloc(24)
+    heap.close()
+    refused: dict[str, Callable[[], object]] = {
+        "alloc": lambda: heap.alloc(24),
+        "calloc": lambda: heap.calloc(2, 8),
+        "realloc": lambda: heap.realloc(block, 48),
+        "free": lambda: heap.free(block),
+        "usable_size": lambda: heap.usable_size(block),
+        "shrink": heap.shrink,
+        "set_policy": lambda: heap.set_policy("dict-lookup"),
+        "inspect": lambda: heap.inspect("a look", lambda: None),
+        "take_blocks": lambda: heap.take_blocks(heap.size_classes[0], 2),
+    }
+    for name, call in refused.items():
+        with pytest.raises(pyslab.AllocatorClosedError):
+            call()
+        assert heap.closed, name
+    assert heap.stats().live_blocks == 0 and heap.stats().mapped_bytes == 0
+    heap.validate()  # checks what close kept: nothing here
+    assert not heap.owns(block)
+    assert heap.slabs() == []

@@ -564,3 +564,35 @@ def test_an_allocator_dropped_without_close_does_not_hold_its_source() -> None:
     gc.collect()
     with pyslab.SlabAllocator(page_source=source) as alloc:
         alloc.free(alloc.alloc(8))
+
+
+class _RefusesToBind(pyslab.Policy):
+    """A policy whose bind fails, as one running out of memory there would."""
+
+    name = "refuses-to-bind"
+
+    def bind(self, heap: pyslab.policy.Heap) -> None:
+        super().bind(heap)
+        raise MemoryError("no memory to bind")
+
+
+def test_a_failed_bind_leaves_the_policies_bound_before_it_free_to_bind_again() -> None:
+    first = pyslab.make_policy("dict-lookup")
+    with pytest.raises(MemoryError, match="no memory to bind"):
+        pyslab.SlabAllocator(policy=[first, _RefusesToBind()])
+    with pyslab.SlabAllocator(policy=first) as heap:  # not "bound to another allocator"
+        heap.free(heap.alloc(24))
+        heap.validate()
+
+
+def test_a_failed_set_policy_leaves_the_old_policy_bound_and_the_new_ones_free(
+    heap: LiveHeap,
+) -> None:
+    kept = heap.allocator.policy.policies[0]
+    fresh = pyslab.make_policy("reclaim")
+    with pytest.raises(MemoryError, match="no memory to bind"):
+        heap.allocator.set_policy([kept, fresh, _RefusesToBind()])
+    heap.assert_unchanged()
+    heap.allocator.free(heap.allocator.alloc(24))  # the old policy serves on
+    with pyslab.SlabAllocator(policy=fresh) as other:
+        other.free(other.alloc(24))

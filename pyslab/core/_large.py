@@ -12,6 +12,7 @@ from collections import OrderedDict
 from typing import Final
 
 from . import libc as _libc
+from .guard import NO_EXCEPTION_SET
 
 __all__ = ["SystemFallback", "TrackedBlocks"]
 
@@ -30,10 +31,26 @@ class TrackedBlocks:
     def __init__(self) -> None:
         self.sizes: dict[int, int] = {}
         """Live block address -> requested size."""
-        self.total = 0
-        """Bytes requested by the live blocks."""
         self._from_libc: set[int] = set()
         self._recently_freed: OrderedDict[int, None] = OrderedDict()
+        # A block already forgotten whose giving back failed for want of memory: 0 when none.
+        # At most one (invariant): every call first gives it back, and fails, changing
+        # nothing, while it cannot. Three plain fields, not a tuple: storing them allocates
+        # nothing, which is what lets a release succeed with memory exhausted.
+        self._awaiting_address = 0
+        self._awaiting_size = 0
+        self._awaiting_from_libc = False
+
+    @property
+    def total(self) -> int:
+        """Bytes requested by the live blocks. Complexity: O(live blocks)."""
+        return sum(self.sizes.values())
+
+    @property
+    def awaiting_release(self) -> int:
+        """The address of the block forgotten but not yet given back (0 when none): its give
+        back failed for want of memory, and the next call of this service retries it."""
+        return self._awaiting_address
 
     def _serve(self, size: int, alignment: int) -> int:
         """Return the address of a new block. Raises MemoryError when there is none."""
@@ -47,15 +64,30 @@ class TrackedBlocks:
         """Serve and record a block.
 
         Raises:
-            MemoryError: no memory is left; nothing is recorded.
+            MemoryError: no memory is left; nothing is recorded (a block served but not
+                recorded is given back, or awaits release).
         """
+        self.retry_release()
         address = self._serve(size, alignment)
         try:
             self._track(address, size)
-        except MemoryError:
-            self._give_back(address, size)  # not tracked, so not kept
-            raise
-        return address
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure = error
+        else:
+            return address
+        # Not tracked, so not kept: marked as awaiting release (stores of existing objects,
+        # which allocate nothing, inline: a call could fail to start), then given back.
+        self._awaiting_size = size
+        self._awaiting_from_libc = False
+        self._awaiting_address = address
+        try:
+            self.retry_release()
+        except BaseException as error:
+            if not isinstance(error, MemoryError) and (
+                type(error) is not SystemError or NO_EXCEPTION_SET not in str(error)
+            ):
+                raise
+        raise failure
 
     def record(self, address: int, size: int) -> None:
         """Track a block that libc served to a re-entrant call; it goes back to libc."""
@@ -63,41 +95,58 @@ class TrackedBlocks:
         self._from_libc.add(address)
 
     def _track(self, address: int, size: int) -> None:
-        # The new total and the forgetting first: the last step that can fail (the dict may
-        # grow) comes next, and nothing after it allocates.
-        total = self.total + size
+        # The forgetting first: the last step that can fail (the dict may grow) comes next.
         self._recently_freed.pop(address, None)
         self.sizes[address] = size
-        self.total = total
 
     def release(self, address: int) -> None:
-        """Give a live block back (the caller checked :meth:`holds` first)."""
+        """Give a live block back (the caller checked :meth:`holds` first).
+
+        With memory exhausted the block is forgotten all the same, and awaits release: the
+        next call of this service (or :meth:`retry_release`) gives it back. A release
+        therefore fails only when an earlier block still awaits, changing nothing.
+
+        Raises:
+            MemoryError: a block already awaits release and still cannot be given back.
+        """
+        self.retry_release()
+        # Marked as awaiting before it is forgotten, and given back after: at every instant
+        # the block is tracked, awaiting, or back (an exception at any call, a failure to get
+        # a frame included, loses nothing).
         size = self.sizes[address]
-        before = self.total
-        total = before - size
         from_libc = address in self._from_libc
-        # Forgotten first, given back second: an exception between the two (a signal
-        # handler's, at the call) then leaks the block at worst, never frees it twice.
+        self._awaiting_size = size  # inline stores, as in allocate()
+        self._awaiting_from_libc = from_libc
+        self._awaiting_address = address
         del self.sizes[address]
-        self.total = total
-        try:
-            if from_libc:
-                _libc.system_free(address)
-            else:
-                self._give_back(address, size)
-        except MemoryError:
-            # Raised before the block reached C (no memory to pass its address): still the
-            # caller's, so tracked again, and the free reported as failed.
-            self.sizes[address] = size
-            self.total = before
-            raise
         self._from_libc.discard(address)
+        try:
+            self.retry_release()
+        except BaseException as error:
+            if not isinstance(error, MemoryError) and (
+                type(error) is not SystemError or NO_EXCEPTION_SET not in str(error)
+            ):
+                raise
         try:
             self._recently_freed[address] = None
             if len(self._recently_freed) > _REMEMBERED_FREES:
                 self._recently_freed.popitem(last=False)
         except MemoryError:
             pass  # only a later error message's wording ("double free") depends on it
+
+    def retry_release(self) -> None:
+        """Give back the block awaiting release, if any.
+
+        Raises:
+            MemoryError: it still cannot be given back; it keeps awaiting.
+        """
+        address = self._awaiting_address
+        if address:
+            if self._awaiting_from_libc:
+                _libc.system_free(address)
+            else:
+                self._give_back(address, self._awaiting_size)
+            self._awaiting_address = 0
 
     def holds(self, address: int) -> bool:
         """True when ``address`` is a live large block."""
@@ -117,6 +166,7 @@ class TrackedBlocks:
         """
         for address in list(self.sizes):
             self.release(address)
+        self.retry_release()
         self._recently_freed.clear()
 
 

@@ -10,6 +10,7 @@ blocks are freed: see "Retained blocks" in :mod:`~pyslab.core.clients`.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import sys
 from collections.abc import Callable, Sequence
@@ -24,7 +25,14 @@ from pyslab.errors import (
     PolicyError,
     PyslabError,
 )
-from pyslab.policy import BlockOperations, PolicySpec, ResolvedPolicy, parse_policies, resolve
+from pyslab.policy import (
+    BlockOperations,
+    Policy,
+    PolicySpec,
+    ResolvedPolicy,
+    parse_policies,
+    resolve,
+)
 
 from . import forking as _forking
 from . import libc as _libc
@@ -113,12 +121,19 @@ class SlabAllocator(CallGuard):
         self._retained = RetainedMappings(slab_size)  # empty until close(): see retained.py
         self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
         source_claims.claim(self._source, self)
+        lock = self._lock
+        lock.acquire()  # policies are bound under the lock (the Policy contract)
+        # Not try/finally, and no ``with``: see "Out of memory" in pyslab.core.guard.
         try:
-            with self._lock:
-                self._bind(resolved)
-        except BaseException:
+            self._bind(resolved)
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        lock.release()
+        if failure is not None:
             source_claims.disclaim(self._source, self)
-            raise
+            raise failure
         _forking.track(self, _forking.ALLOCATORS)  # fork(): see pyslab.core.forking
 
     # --- public properties (the Heap protocol that policies see) ---------------------------
@@ -356,6 +371,62 @@ class SlabAllocator(CallGuard):
             del size_class.empty[slab]
         return address
 
+    def _take_then(self, size_class: SizeClass, size: int, then: Callable[[int], object]) -> int:
+        """Take a block for a call with a second step, ``then(address)`` (zeroing it, or
+        copying into it and freeing the old block), followed by the policy's
+        ``block_allocated``. Lock held, busy set.
+
+        Undone without memory, so that a failure of the second step leaves the heap as it was
+        even with memory exhausted: the core's stores are made but for the slab's leaving
+        ``empty``; if ``then`` or the policy raises, the saved values are stored back (stores
+        allocate nothing) and so is the slot's first word, the free-list link ``then`` may
+        have overwritten. ``then`` itself changes nothing when it raises.
+
+        Complexity: as the plain take, plus ``then``.
+        """
+        slab = size_class.current or self._refill(size_class)
+        saved = (slab.free, slab.bump, slab.live, slab.used, size_class.current,
+                 size_class.full, size_class.live, size_class.peak)
+        address = slab.free
+        if address:
+            after = WORDS[address >> WORD_SHIFT]
+            bump = slab.bump
+        else:
+            address = slab.bump
+            after = 0
+            bump = address + slab.slot_size
+        word = address >> WORD_SHIFT
+        live = slab.live | 1 << ((address - slab.base) >> WORD_SHIFT)
+        used = slab.used + 1
+        full = size_class.full + 1 if used == slab.capacity else 0
+        class_live = size_class.live + 1
+        # --- commit, but for ``empty`` ---
+        slab.free = after
+        slab.bump = bump
+        slab.live = live
+        slab.used = used
+        if full:
+            size_class.current = None
+            size_class.full = full
+        size_class.live = class_live
+        if class_live > size_class.peak:
+            size_class.peak = class_live
+        try:
+            then(address)
+            self._block_allocated(slab, address, size)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None:
+            (slab.free, slab.bump, slab.live, slab.used, size_class.current,
+             size_class.full, size_class.live, size_class.peak) = saved
+            WORDS[word] = after
+            raise failure
+        if used == 1:
+            del size_class.empty[slab]
+        return address
+
     def _refill(self, size_class: SizeClass) -> MemorySlab:
         """Make the policy's ``select_slab`` answer (or a new slab) ``current``. Lock held.
 
@@ -498,16 +569,18 @@ class SlabAllocator(CallGuard):
         Complexity: as :meth:`alloc`, plus zeroing the block.
         """
         count, size = _checked_size(count, "count"), _checked_size(size, "size")
+        align = _checked_alignment(align)
         total = count * size
         if total > sys.maxsize:
             raise MemoryError(f"calloc({count}, {size}) asks for more than the address space")
-        address = self.alloc(total, align)
-        try:
-            fill(address, 0, total)
-        except MemoryError:
-            self.free(address)  # with memory this short, the zeroing failed: nothing is kept
-            raise
-        return address
+        size_class = None if self._policy.frontends else self._class_for(total, align)
+        if size_class is None:  # a large block, or a front end that serves blocks its own way
+            return self._by_steps(total, align, lambda new: fill(new, 0, total))
+        return self._exclusively(
+            "calloc",
+            lambda: self._take_then(size_class, total, lambda new: fill(new, 0, total)),
+            reentrant=lambda: self._by_steps(total, align, lambda new: fill(new, 0, total)),
+        )
 
     def realloc(self, ptr: int | None, size: int, align: int = WORD) -> int:
         """Resize the block at ``ptr`` to ``size`` bytes, keeping its contents.
@@ -547,22 +620,57 @@ class SlabAllocator(CallGuard):
         return new
 
     def _move(self, ptr: int, size: int, align: int) -> int:
-        """``realloc`` under the lock: in place when the class is the same, else allocate,
-        copy and free, undoing the allocation if the copy or the free fails (the old block
-        then stays live, untouched)."""
-        old_size = self.usable_size(ptr)
-        if not self._policy.frontends:  # a front end may lay blocks out its own way
+        """``realloc`` under the lock: in place when the class is the same; else a new block,
+        the contents copied, the old block freed, each undone if a later one fails (the old
+        block then stays live, untouched)."""
+        count = min(self.usable_size(ptr), size)
+        policy = self._policy
+        size_class = None if policy.frontends else self._class_for(size, align)
+        if size_class is not None:  # no front end: the core lays out every block
             slab = self._find_owner(ptr)
-            if slab is not None and self._class_for(size, align) is slab.size_class:
+            if slab is not None and size_class is slab.size_class:
                 return ptr
+            if not policy.observes_blocks:
+                return self._exclusively(
+                    "realloc",
+                    lambda: self._take_then(
+                        size_class, size, lambda new: self._copy_and_free(new, ptr, count)
+                    ),
+                    reentrant=lambda: self._by_steps(
+                        size, align, lambda new: self._copy_then_free(new, ptr, count)
+                    ),
+                )
+        return self._by_steps(size, align, lambda new: self._copy_then_free(new, ptr, count))
+
+    def _copy_and_free(self, new: int, ptr: int, count: int) -> None:
+        """The second step of a move within the core: lock held, busy set."""
+        copy(new, ptr, count)
+        self._free_locked(ptr)
+
+    def _copy_then_free(self, new: int, ptr: int, count: int) -> None:
+        """The second step of a move through the public operations (front ends, observers,
+        large blocks): lock held, not busy."""
+        copy(new, ptr, count)
+        self.free(ptr)
+
+    def _by_steps(self, size: int, align: int, then: Callable[[int], object]) -> int:
+        """Allocate through the public ``alloc``, then run ``then(new)``; if it raises, free
+        the new block and raise. A large block goes straight back to the large-object service,
+        whose release succeeds with memory exhausted (the block awaits release); a slab block
+        is freed through the public ``free``, which may itself need memory: under persistent
+        exhaustion, a front end's or an observing policy's block can then stay allocated."""
         new = self.alloc(size, align)
         try:
-            copy(new, ptr, min(old_size, size))
-            self.free(ptr)
-        except BaseException:
+            then(new)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure = error
+        else:
+            return new
+        if not self._policy.frontends and self._large.holds(new):
+            self._large.release(new)
+        else:
             self.free(new)
-            raise
-        return new
+        raise failure
 
     # --- freeing ----------------------------------------------------------------------------
 
@@ -918,7 +1026,12 @@ class SlabAllocator(CallGuard):
                 )
 
     def _rebind(self, old: ResolvedPolicy, resolved: ResolvedPolicy) -> None:
-        self._bind(resolved)
+        try:
+            self._bind(resolved)
+        except BaseException:
+            if any(policy in resolved.policies for policy in old.policies):
+                self._bind(old)  # a policy of both was bound again, its state restarted
+            raise
         kept = {id(policy) for policy in resolved.policies}
         for policy in old.policies:
             if id(policy) in kept:
@@ -935,13 +1048,19 @@ class SlabAllocator(CallGuard):
             owner = getattr(policy, _OWNER_ATTRIBUTE, None)
             if owner is not None and owner is not self:
                 raise PolicyError(f"policy {policy!r} is already bound to another allocator")
-        for policy in resolved.policies:
-            setattr(policy, _OWNER_ATTRIBUTE, self)
-            policy.bind(self)
-        if resolved.slab_added is not None:
-            for size_class in self._classes:
-                for slab in size_class.slabs:
-                    resolved.slab_added(size_class, slab)
+        bound: list[Policy] = []
+        try:
+            for policy in resolved.policies:
+                setattr(policy, _OWNER_ATTRIBUTE, self)
+                bound.append(policy)
+                policy.bind(self)
+            if resolved.slab_added is not None:
+                for size_class in self._classes:
+                    for slab in size_class.slabs:
+                        resolved.slab_added(size_class, slab)
+        except BaseException:
+            self._unbind_new(bound)
+            raise
         self._policy = resolved
         self._select_slab = resolved.select_slab
         self._find_owner = resolved.find_owner
@@ -958,6 +1077,18 @@ class SlabAllocator(CallGuard):
         self._take = self._take_observed if observed else self._take_plain
         self._give_back = self._give_back_observed if observed else self._give_back_plain
         self._bind_frontends(resolved)
+
+    def _unbind_new(self, bound: Sequence[Policy]) -> None:
+        """A bind failed: unbind the policies bound so far that the allocator does not use,
+        so that each can be bound again (to this allocator or another). Those it uses (the
+        current composition's, bound again by ``set_policy``) stay bound to it."""
+        current = getattr(self, "_policy", None)
+        kept = {id(policy) for policy in current.policies} if current is not None else set()
+        for policy in reversed(bound):
+            if id(policy) not in kept:
+                with contextlib.suppress(Exception):  # the bind's own error is what is raised
+                    policy.unbind()
+                setattr(policy, _OWNER_ATTRIBUTE, None)
 
     _FRONT_OPERATIONS: Final = ("alloc", "free", "usable_size", "owns")
 

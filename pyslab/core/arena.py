@@ -267,8 +267,14 @@ class ArenaLargeObjects(TrackedBlocks):
     def __init__(self, arena: ArenaPageSource) -> None:
         super().__init__()
         self._arena: Final = arena
-        self.pages = 0
-        """Bytes of the arena the live blocks take (whole pages)."""
+
+    @property
+    def pages(self) -> int:
+        """Bytes of the arena the live blocks take (whole pages). Complexity: O(blocks)."""
+        return sum(
+            self._pages(size) for address, size in self.sizes.items()
+            if address not in self._from_libc
+        )
 
     def _pages(self, size: int) -> int:
         page = self._arena.page_size
@@ -277,12 +283,8 @@ class ArenaLargeObjects(TrackedBlocks):
     def _serve(self, size: int, alignment: int) -> int:
         """Carve a block from the arena (``MemoryError`` when it cannot hold it)."""
         span = self._pages(size)
-        address = self._arena.take(span, max(alignment, self._arena.page_size))
-        self.pages += span
-        return address
+        return self._arena.take(span, max(alignment, self._arena.page_size))
 
     def _give_back(self, address: int, size: int) -> None:
         """Give the block's pages back to the arena (``madvise``: RSS falls)."""
-        span = self._pages(size)
-        self._arena.give(address, span)
-        self.pages -= span
+        self._arena.give(address, self._pages(size))

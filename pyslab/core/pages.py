@@ -77,8 +77,10 @@ class LargeObjects(Protocol):
 
     sizes: dict[int, int]
     """Live block address -> requested size."""
-    total: int
-    """Bytes requested by the live blocks."""
+    @property
+    def total(self) -> int:
+        """Bytes requested by the live blocks."""
+        ...
 
     def allocate(self, size: int, alignment: int) -> int:
         """Serve and record a block. Raises MemoryError, recording nothing, when it cannot."""

@@ -19,11 +19,6 @@ PLAIN = ("first-fit", "dict-lookup", "reclaim", "dict-lookup+reclaim")
 """The configurations without a policy that observes every block (stats, fullest-first,
 address-mask's region, debug, thread-cache)."""
 
-UNDONE_UNDER_EXHAUSTION = ("calloc", "realloc to another class", "realloc to a large block")
-"""Calls whose second step (zeroing, copying, freeing the old block) needs memory after the
-new block is taken: under persistent exhaustion, giving the new block back needs memory too
-(the live bitmap is a Python int), so it stays allocated."""
-
 SWEPT_IN_CI = ("first-fit", "dict-lookup+reclaim")
 """The bounded run: the O(slabs) base and the usual O(1) composition; the long run sweeps all."""
 
@@ -37,8 +32,7 @@ def _check(report: SweepReport) -> None:
     assert report.failures > 0
 
 
-FULLY = tuple(s for s in SCENARIOS if s.name not in UNDONE_UNDER_EXHAUSTION + SLOW)
-TWO_STEP = tuple(s for s in SCENARIOS if s.name in UNDONE_UNDER_EXHAUSTION)
+FULLY = tuple(s for s in SCENARIOS if s.name not in SLOW)
 
 
 @needs_testcapi
@@ -49,27 +43,11 @@ def test_every_python_allocation_point_of_every_call_is_survived(spec: str) -> N
 
 
 @needs_testcapi
-@pytest.mark.timeout(300)
-@pytest.mark.parametrize("spec", SWEPT_IN_CI)
-def test_two_step_calls_survive_every_transient_failure(spec: str) -> None:
-    _check(sweep(spec, TWO_STEP, limit=300, check_persistent=False))
-
-
-@needs_testcapi
 @pytest.mark.long
 @pytest.mark.timeout(3600)
 @pytest.mark.parametrize("spec", PLAIN)
 def test_every_python_allocation_point_of_every_call_is_survived_long(spec: str) -> None:
     _check(sweep(spec, FULLY, limit=3000))
-    _check(sweep(spec, TWO_STEP, limit=3000, check_persistent=False))
-
-
-@needs_testcapi
-@pytest.mark.timeout(300)
-@pytest.mark.xfail(strict=True, reason="giving the new block back needs memory too: under "
-                   "persistent exhaustion it stays allocated (the live bitmap is a Python int)")
-def test_two_step_calls_under_persistent_exhaustion() -> None:
-    _check(sweep("dict-lookup", TWO_STEP[:1], limit=300))
 
 
 @needs_testcapi
