@@ -174,8 +174,9 @@ def _describe(spec: str | None) -> Configuration:
 
 
 def _candidate_specs(base: str, names: list[str]) -> Iterator[str]:
-    """X, X+reclaim and dict-lookup+X for every registered X, in that order."""
+    """The base alone, then X, X+reclaim and dict-lookup+X for every registered X."""
     others = [n for n in names if n != base]
+    yield base
     yield from others
     if "reclaim" in others:
         yield from (f"{n}+reclaim" for n in others if n != "reclaim")
@@ -186,8 +187,8 @@ def _candidate_specs(base: str, names: list[str]) -> Iterator[str]:
 def discover(limit: int = 24) -> Discovery:
     """Every configuration worth measuring that the registered policies allow, at most ``limit``.
 
-    The default comes first, then each registered policy alone, then ``X+reclaim`` and
-    ``dict-lookup+X``. Compositions that resolve to one already listed are dropped, and so are
+    The default comes first, then the base policy and each registered policy alone, then
+    ``X+reclaim`` and ``dict-lookup+X``. Compositions that resolve to one already listed are dropped, and so are
     ones that fail to build (named in ``skipped``, with the error).
 
     Complexity: one small allocator per candidate.
@@ -323,3 +324,22 @@ def rss_bytes() -> int:
     """Resident set size of this process, from ``/proc/self/statm``."""
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def anonymous_mapped_bytes() -> int:
+    """Bytes of every anonymous mapping of this process (``/proc/self/maps`` lines with no
+    file: pyslab's slabs, libc's and Python's own heap and arenas alike), so that what the
+    interpreter keeps for pyslab's bookkeeping counts too.
+
+    Complexity: O(mappings of the process).
+    """
+    total = 0
+    with open("/proc/self/maps") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=5)
+            name = fields[5].strip() if len(fields) == 6 else ""
+            if name and not name.startswith("[heap]") and not name.startswith("[anon"):
+                continue  # a file, the stack, vdso...
+            start, end = fields[0].split("-")
+            total += int(end, 16) - int(start, 16)
+    return total

@@ -24,7 +24,8 @@ class FirstFit(Policy):
 
     name = "first-fit"
     description = (
-        "Rust slab-alloc's design: newest slab with a free slot; owner found by an O(slabs) walk"
+        "Rust slab-alloc's design, for study: newest slab with a free slot; every free walks "
+        "all slabs, O(slabs)"
     )
 
     def select_slab(self, size_class: SizeClass) -> MemorySlab | None:

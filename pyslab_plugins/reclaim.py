@@ -15,16 +15,21 @@ class Reclaim(Policy):
     process: ``munmap`` returns them to the kernel.
 
     Args:
-        keep: empty slabs each class may keep cached (default 1; 0 releases every one).
+        keep: empty slabs each class may keep cached (default 4; 0 releases every one).
+            Four is measured: on the ``producer-consumer`` workload (two threads allocating,
+            two freeing) ``keep=1`` and ``keep=2`` unmap and map slabs at every turn (288
+            and 119 of 296 and 132 slabs made were released, 7-14 µs an operation), while
+            four keeps the 19 slabs it needs (1.4-1.6 µs); on ``ramp`` four leaves 120 KiB
+            of 2.1 MiB mapped at the end.
 
     Raises:
         TypeError, ValueError: ``keep`` is not a non-negative int.
     """
 
     name = "reclaim"
-    description = "return empty slabs to the page source, keeping `keep` (default 1) per class"
+    description = "return empty slabs to the page source, keeping `keep` (default 4) per class"
 
-    def __init__(self, keep: int = 1) -> None:
+    def __init__(self, keep: int = 4) -> None:
         if type(keep) is not int:
             raise TypeError(f"keep must be an int, not {keep!r}")
         if keep < 0:

@@ -74,7 +74,7 @@ def test_policies_lists_every_policy_with_its_description_and_parameters(
     status, out, _ = _run(capsys, "policies")
     assert status == 0
     assert _listing(out) == pyslab.policies()
-    assert "reclaim " in out and "takes: keep=1" in " ".join(out.split())
+    assert "reclaim " in out and "takes: keep=4" in " ".join(out.split())
 
 
 def test_listings_fit_80_columns_when_piped(capsys: pytest.CaptureFixture[str]) -> None:
@@ -161,7 +161,7 @@ def test_a_malformed_spec_is_one_error_line_and_exit_2(
     ("spec", "message"),
     [
         ("reclaim(keep=-1)", "policy 'reclaim' refuses keep=-1: keep must be at least 0"),
-        ("reclaim(spare=1)", "policy 'reclaim' does not take parameter 'spare'; it takes: keep=1"),
+        ("reclaim(spare=1)", "policy 'reclaim' does not take parameter 'spare'; it takes: keep=4"),
         ("reclaim(4)", "4 is given to 'reclaim' by position"),
         ("nope(keep=1)", "unknown policy 'nope'; known policies: "),
     ],

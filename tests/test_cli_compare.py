@@ -38,13 +38,13 @@ def test_compare_prints_the_table_and_writes_json_csv_and_plot(
 ) -> None:
     files = {kind: tmp_path / f"out.{kind}" for kind in ("json", "csv", "png")}
     status, out, err = _compare(
-        capsys, "--ops", "800", "--seed", "3", "-w", "ramp", "-w", "uniform",
+        capsys, "--ops", "1600", "--seed", "3", "-w", "ramp", "-w", "uniform",
         "-p", "first-fit", "-p", "dict-lookup+reclaim", "--json", str(files["json"]),
         "--csv", str(files["csv"]), "--plot", str(files["png"]),
     )
     assert status == 0, err
     # The facts that make the run reproducible head the table.
-    assert "seed 3" in out and "800 ops" in out
+    assert "seed 3" in out and "1,600 ops" in out
     assert platform.python_version() in out and platform.machine() in out
     for column in ("ns/alloc", "ns/free", "peak KiB", "final KiB", "internal", "external",
                    "utilised", "slabs +", "slabs -"):
@@ -54,7 +54,7 @@ def test_compare_prints_the_table_and_writes_json_csv_and_plot(
     assert "[1/4] ramp under first-fit" in err and "[4/4] uniform under dict-lookup+reclaim" in err
 
     data = json.loads(files["json"].read_text())
-    assert data["meta"]["seed"] == 3 and data["meta"]["ops"] == 800
+    assert data["meta"]["seed"] == 3 and data["meta"]["ops"] == 1600
     assert data["meta"]["configurations"] == ["first-fit", "dict-lookup+reclaim"]
     assert data["meta"]["python"].startswith(platform.python_version())
     runs = data["runs"]

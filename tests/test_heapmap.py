@@ -127,7 +127,7 @@ def test_a_snapshot_is_frozen_and_does_not_follow_the_heap(
 
 
 def test_released_slabs_leave_the_map_and_keep_their_serials_counted() -> None:
-    with pyslab.SlabAllocator(policy="reclaim") as allocator:
+    with pyslab.SlabAllocator(policy="reclaim(keep=1)") as allocator:
         blocks = [allocator.alloc(1024) for _ in range(12)]  # three slabs of 4 slots
         for address in blocks[:8]:
             allocator.free(address)  # slab 0 kept as the one cached empty, slab 1 released
@@ -264,7 +264,7 @@ def test_an_inconsistent_slab_map_cannot_be_built() -> None:
 
 
 def test_text_draws_one_line_per_slab_in_the_seeds_style() -> None:
-    with pyslab.SlabAllocator() as allocator:
+    with pyslab.SlabAllocator(policy="first-fit") as allocator:
         blocks = [allocator.alloc(1000) for _ in range(4)]  # one 1024-byte slab, full
         allocator.free(blocks[1])
         allocator.free(blocks[3])

@@ -28,7 +28,9 @@ def test_a_non_policy_is_a_type_error() -> None:
 @pytest.mark.parametrize(
     ("spec", "name"),
     [
-        (None, "first-fit"),
+        (None, "dict-lookup+reclaim"),
+        ((), "dict-lookup+reclaim"),
+        ("first-fit", "first-fit"),
         ("dict-lookup", "dict-lookup"),
         ("dict-lookup+reclaim", "dict-lookup+reclaim"),
         (("dict-lookup", "reclaim"), "dict-lookup+reclaim"),
@@ -96,7 +98,7 @@ def test_set_policy_keeps_every_live_block() -> None:
 
 
 def test_set_policy_to_reclaim_releases_cached_empty_slabs() -> None:
-    with pyslab.SlabAllocator() as alloc:
+    with pyslab.SlabAllocator(policy="first-fit") as alloc:  # keeps every empty slab
         blocks = [alloc.alloc(64) for _ in range(640)]
         for address in blocks:
             alloc.free(address)
@@ -169,7 +171,7 @@ class CountingPolicy(pyslab.Policy):
 
 def test_observers_see_every_event_and_compose_with_decisions() -> None:
     counter = CountingPolicy()
-    with pyslab.SlabAllocator(policy=("dict-lookup", "reclaim", counter)) as alloc:
+    with pyslab.SlabAllocator(policy=("dict-lookup", "reclaim(keep=1)", counter)) as alloc:
         assert alloc.policy.observes_blocks
         blocks = [alloc.alloc(256) for _ in range(64)]  # four slabs
         for address in blocks:

@@ -10,6 +10,7 @@ import pytest
 
 import pyslab
 import pyslab.lab
+import pyslab.policy
 from pyslab.policy.registry import parse_spec
 
 
@@ -114,7 +115,7 @@ def test_run_workload_passes_the_parameters_and_labels_the_run_with_the_spec() -
         ("reclaim)keep=4(", r"unbalanced parentheses: the '\)' at character 8 .* has no '\('"),
         ("reclaim(keep='4)", r"unterminated string: the ' at character 14"),
         ("reclaim(4)", r"4 is given to 'reclaim' by position; .*reclaim\(key=value\) "
-                       r"\(it takes: keep=1\)"),
+                       r"\(it takes: keep=4\)"),
         ("reclaim(*sizes)", r"\*sizes is given to 'reclaim' by position"),
         ("reclaim(**options)", r"\*\*options is given to 'reclaim'; parameters go by name"),
         ("reclaim(keep=1, keep=2)", r"parameter 'keep' of 'reclaim' is given twice"),
@@ -142,8 +143,8 @@ def test_an_empty_spec_is_refused_everywhere_a_spec_is_taken() -> None:
         pyslab.lab.run_workload("uniform", "", ops=10)
     with pyslab.SlabAllocator() as alloc, pytest.raises(pyslab.PolicyError, match="empty"):
         alloc.set_policy(" ")
-    with pyslab.SlabAllocator(policy=[]) as alloc:  # no policy at all: first-fit alone
-        assert alloc.policy.name == "first-fit"
+    with pyslab.SlabAllocator(policy=[]) as alloc:  # no policy chosen: the default
+        assert alloc.policy.name == pyslab.policy.DEFAULT_POLICY == "dict-lookup+reclaim"
 
 
 def test_an_unknown_parameter_lists_the_ones_the_policy_takes() -> None:

@@ -137,16 +137,30 @@ class TrackedBlocks:
     def retry_release(self) -> None:
         """Give back the block awaiting release, if any.
 
+        The slot is emptied before the block goes, and filled again only for a failure that
+        left the block allocated (``MemoryError``: no memory to pass its address; no frame for
+        the call): an exception a signal handler raises once the block is back must not have
+        it given back twice. An exception from elsewhere can therefore leak the block, never
+        free it twice.
+
         Raises:
             MemoryError: it still cannot be given back; it keeps awaiting.
         """
         address = self._awaiting_address
-        if address:
+        if not address:
+            return
+        self._awaiting_address = 0
+        try:
             if self._awaiting_from_libc:
                 _libc.system_free(address)
             else:
                 self._give_back(address, self._awaiting_size)
-            self._awaiting_address = 0
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            if isinstance(error, MemoryError) or (
+                type(error) is SystemError and NO_EXCEPTION_SET in str(error)
+            ):
+                self._awaiting_address = address  # still allocated: it keeps awaiting
+            raise
 
     def holds(self, address: int) -> bool:
         """True when ``address`` is a live large block."""

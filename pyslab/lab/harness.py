@@ -342,7 +342,7 @@ class _MeasuredHeap:
 
 def run_workload(
     workload: Workload | str,
-    configuration: PolicySpec = "first-fit",
+    configuration: PolicySpec = None,
     *,
     ops: int = 20_000,
     seed: int = 0,
@@ -352,8 +352,9 @@ def run_workload(
 
     Args:
         workload: a :class:`~pyslab.lab.Workload` or the name of a registered one.
-        configuration: what ``SlabAllocator(policy=...)`` takes: usually a composition such
-            as ``"dict-lookup+reclaim"``; policy instances (``make_policy("reclaim", keep=4)``)
+        configuration: what ``SlabAllocator(policy=...)`` takes (None: the allocator's
+            default, ``dict-lookup+reclaim``): a composition such as ``"first-fit"`` or
+            ``"fullest-first+reclaim"``; policy instances (``make_policy("reclaim", keep=4)``)
             are bound to this run's allocator and released when it closes.
         ops: the workload's operation budget; seed: its seed.
         samples: points of the mapped-bytes series.

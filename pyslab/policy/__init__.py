@@ -16,6 +16,7 @@ from .compose import ResolvedPolicy, resolve
 from .entry_points import EntryPointRegistry, PluginEntry
 from .interface import BlockOperations, Heap, Policy
 from .registry import (
+    BASE_POLICY,
     DEFAULT_POLICY,
     PolicyPart,
     PolicySpec,
@@ -27,6 +28,7 @@ from .registry import (
 )
 
 __all__ = [
+    "BASE_POLICY",
     "DEFAULT_POLICY",
     "BlockOperations",
     "EntryPointRegistry",

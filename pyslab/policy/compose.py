@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from pyslab.errors import PolicyError
 
 from .interface import BlockOperations, Policy
-from .registry import DEFAULT_POLICY
+from .registry import BASE_POLICY
 from .validation import check_composition
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ def resolve(policies: Sequence[Policy]) -> ResolvedPolicy:
     Complexity: O(number of policies * their public methods * hooks), paid once per
     ``SlabAllocator``/``set_policy``.
     """
-    check_composition(policies, DEFAULT_POLICY)
+    check_composition(policies, BASE_POLICY)
     decisions: dict[str, Callable[..., object]] = {}
     for hook in _DECISIONS:
         providers = [p for p in policies if _overrides(p, hook)]

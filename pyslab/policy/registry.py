@@ -56,6 +56,7 @@ from .entry_points import EntryPointRegistry, PluginEntry, describe_parameters
 from .interface import Policy
 
 __all__ = [
+    "BASE_POLICY",
     "DEFAULT_POLICY",
     "PolicyPart",
     "PolicySpec",
@@ -67,12 +68,17 @@ __all__ = [
 ]
 
 GROUP: Final = "pyslab.policies"
-DEFAULT_POLICY: Final = "first-fit"
-"""The base of every composition: the seed's first-fit walk, which provides every decision."""
+BASE_POLICY: Final = "first-fit"
+"""The base of every composition: the first-fit walk of the Rust ``slab-alloc`` allocator,
+which provides every decision the other policies do not take."""
+DEFAULT_POLICY: Final = "dict-lookup+reclaim"
+"""What ``policy=None`` builds: O(1) frees (``dict-lookup``) and empty slabs given back beyond
+four per class (``reclaim``). ``first-fit`` alone, under its name, is the original design, with
+its O(slabs) free."""
 
 PolicySpec: TypeAlias = "Policy | str | Sequence[Policy | str] | None"
 """What ``policy=`` accepts: an instance, a spec string (``"reclaim"``, ``"a+b"``,
-``"reclaim(keep=4)"``: module docstring), a sequence of those, or None (``first-fit``)."""
+``"reclaim(keep=4)"``: module docstring), a sequence of those, or None (:data:`DEFAULT_POLICY`)."""
 
 _REGISTRY: Final = EntryPointRegistry(
     GROUP, Policy, "policy", "policies", unknown=UnknownPolicyError, invalid=PolicyError
@@ -127,11 +133,11 @@ def make_policy(name: str, /, **params: object) -> Policy:
 
 
 def parse_policies(spec: PolicySpec) -> list[Policy]:
-    """Turn a ``policy=`` argument into instances, ``first-fit`` first.
+    """Turn a ``policy=`` argument into instances, ``first-fit`` (the base) first.
 
     Strings are specs (module docstring), read in full before any part is built; names are
     instantiated afresh, so two allocators never share a policy made from a name. None and an
-    empty sequence give ``first-fit`` alone; an empty string is an error.
+    empty sequence give :data:`DEFAULT_POLICY`; an empty string is an error.
 
     Raises:
         PolicyError: a spec cannot be read (an empty spec or part, unbalanced parentheses, a
@@ -145,7 +151,7 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
     """
     items: list[Policy | str]
     if spec is None:
-        items = []
+        items = [DEFAULT_POLICY]
     elif isinstance(spec, (str, Policy)):
         items = [spec]
     elif isinstance(spec, (bytes, bytearray)) or not isinstance(spec, Iterable):
@@ -154,7 +160,7 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
             f"a sequence of those, not {spec!r}"
         )
     else:
-        items = list(spec)
+        items = list(spec) or [DEFAULT_POLICY]
     chosen: list[Policy] = []
     for item in items:
         if isinstance(item, Policy):
@@ -163,8 +169,8 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
             chosen.extend(part.build() for part in parse_spec(item))
         else:
             raise TypeError(f"a policy must be a pyslab.Policy or a spec string, not {item!r}")
-    if not any(type(p).name == DEFAULT_POLICY for p in chosen[:1]):
-        chosen.insert(0, make_policy(DEFAULT_POLICY))
+    if not any(type(p).name == BASE_POLICY for p in chosen[:1]):
+        chosen.insert(0, make_policy(BASE_POLICY))
     return chosen
 
 
