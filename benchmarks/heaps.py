@@ -188,8 +188,8 @@ def discover(limit: int = 24) -> Discovery:
     """Every configuration worth measuring that the registered policies allow, at most ``limit``.
 
     The default comes first, then the base policy and each registered policy alone, then
-    ``X+reclaim`` and ``dict-lookup+X``. Compositions that resolve to one already listed are dropped, and so are
-    ones that fail to build (named in ``skipped``, with the error).
+    ``X+reclaim`` and ``dict-lookup+X``. Compositions that resolve to one already listed are
+    dropped, and so are ones that fail to build (named in ``skipped``, with the error).
 
     Complexity: one small allocator per candidate.
     """

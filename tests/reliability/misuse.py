@@ -457,6 +457,40 @@ class _NegativeIndex:
 
 
 
+class _BrokenIndex:
+    """An ``__index__`` that raises, as a buggy integer-like type's might."""
+
+    def __index__(self) -> int:
+        raise RuntimeError("broken __index__")
+
+    def __repr__(self) -> str:
+        return "<broken index>"
+
+
+def _one_rule() -> Iterator[Case]:
+    """Every address and size argument takes an int or an ``__index__`` object, never a bool
+    or a float; a policy argument is a policy or a spec string."""
+    for value, match in [(False, "False"), (True, "True"), (0.0, "0.0"), (8.0, "8.0")]:
+        yield _bad_argument(
+            "one rule for arguments", f"realloc({value!r}, 8)", _call("realloc", value, 8),
+            TypeError, f"not {match}",
+        )
+    for method, args in [("alloc", ()), ("free", ()), ("owns", ()), ("usable_size", ()),
+                         ("realloc", (8,))]:
+        yield _bad_argument(
+            "one rule for arguments", f"{method}(<broken index>)",
+            _call(method, _BrokenIndex(), *args), TypeError, r"__index__\(\) failed",
+        )
+    policies: list[tuple[object, str]] = [
+        (5, "not 5"), (b"dict-lookup", "not b'dict-lookup'"), (3.0, "not 3.0"),
+    ]
+    for spec, match in policies:
+        yield _bad_argument(
+            "one rule for arguments", f"set_policy({spec!r})", _call("set_policy", spec),
+            TypeError, match,
+        )
+
+
 def _sizes() -> Iterator[Case]:
     wrong_types: list[tuple[object, str]] = [
         (8.0, "8.0"), ("8", "'8'"), (None, "None"), (True, "True"), (False, "False"),
@@ -548,6 +582,8 @@ def _after_close() -> Iterator[Case]:
         ("usable_size(p)", lambda a, p: a.usable_size(p)),
         ("shrink()", lambda a, p: a.shrink()),
         ("set_policy('dict-lookup')", lambda a, p: a.set_policy("dict-lookup")),
+        ("inspect('a look', ...)", lambda a, p: a.inspect("a look", lambda: None)),
+        ("take_blocks(class 0, 2)", lambda a, p: a.take_blocks(a.size_classes[0], 2)),
     ]
     for name, call in calls:
         yield Case(
@@ -610,6 +646,7 @@ def _table() -> list[Case]:
     cases.extend(_sizes())
     cases.extend(_alignments())
     cases.extend(_non_addresses())
+    cases.extend(_one_rule())
     cases.extend(_after_close())
     return cases
 

@@ -109,7 +109,8 @@ def test_the_table_covers_every_group_and_class() -> None:
     groups = {case.group for case in CASES}
     assert groups == {
         "double free", "foreign pointer", "interior or misaligned pointer", "never-allocated slot",
-        "use of a freed block", "size", "alignment", "not an address", "use after close()",
+        "use of a freed block", "size", "alignment", "not an address", "one rule for arguments",
+        "use after close()",
     }
     for slot in (8, 16, 32, 64, 128, 256, 512, 1024):
         for position in ("first", "middle", "last"):
