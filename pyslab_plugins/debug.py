@@ -110,7 +110,6 @@ bytes, the traceback of the allocation with ``tracemalloc``).
 from __future__ import annotations
 
 import ctypes
-import operator
 import sys
 import traceback
 import warnings
@@ -119,7 +118,7 @@ from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from types import CodeType, FrameType
-from typing import Final, SupportsIndex, TypeAlias
+from typing import Final, TypeAlias
 
 from pyslab import (
     CorruptionError,
@@ -138,6 +137,7 @@ from pyslab.core import (
     MemorySlab,
     SizeClass,
     SlabIndex,
+    as_int,
 )
 from pyslab.policy import BlockOperations, Heap
 
@@ -210,10 +210,8 @@ def _capture(depth: int, skip: int = 2) -> Site:
 
 
 def _index(name: str, value: object) -> int:
-    """``value`` as an int, as the core accepts it (any ``__index__`` but bool)."""
-    if isinstance(value, bool) or not isinstance(value, SupportsIndex):
-        raise TypeError(f"{name} must be an int, not {value!r}")
-    return operator.index(value)
+    """``value`` as an int, by the core's one rule (:func:`pyslab.core.as_int`)."""
+    return as_int(value, name)
 
 
 def _check_bool(name: str, value: object) -> bool:

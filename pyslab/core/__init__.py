@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from .allocator import SlabAllocator
 from .arena import ArenaLargeObjects, ArenaPageSource
+from .arguments import as_int
 from .clients import HeapClient
 from .forking import protect_across_fork
 from .libc import PAGE_SIZE
@@ -49,5 +50,6 @@ __all__ = [
     "SlabAllocator",
     "SlabIndex",
     "SlabState",
+    "as_int",
     "protect_across_fork",
 ]

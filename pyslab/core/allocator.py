@@ -11,7 +11,6 @@ blocks are freed: see "Retained blocks" in :mod:`~pyslab.core.clients`.
 from __future__ import annotations
 
 import contextlib
-import operator
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from . import source_claims
 from ._large import SystemFallback
 from ._layout import DEFAULT_SIZE_CLASSES, DEFAULT_SLAB_SIZE, build_tables, check_layout
 from ._layout import slot_alignment as _slot_alignment
+from .arguments import as_int as _as_int
 from .clients import ClientT, HeapClient
 from .guard import FRAME_FAILURE, NO_EXCEPTION_SET, CallGuard, Deferred, is_out_of_memory
 from .invariants import check_class, check_slab, check_source, check_unsettled
@@ -1341,24 +1341,6 @@ class _CoreOperations:
     free: Callable[[int | None], None]
     usable_size: Callable[[int], int]
     owns: Callable[[int], bool]
-
-
-def _as_int(value: object, what: str) -> int:
-    """``value`` as an int: an int, or an object with ``__index__`` (a numpy integer) but a
-    bool, as everywhere in the allocator's interface.
-
-    Raises:
-        TypeError: ``value`` is not such an object, or its ``__index__`` failed (the error
-            is chained); the message names ``what`` and the value.
-    """
-    if type(value) is int:
-        return value
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise TypeError(f"{what} must be an int, not {value!r}")
-    try:
-        return operator.index(value)
-    except Exception as error:
-        raise TypeError(f"{what}: {value!r}.__index__() failed: {error!r}") from error
 
 
 def _checked_size(value: object, what: str) -> int:
