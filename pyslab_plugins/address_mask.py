@@ -28,11 +28,19 @@ class AddressMask(Policy):
     Cost: per free, a chained comparison, a subtraction, a shift and a list index. In CPython
     that is no faster than ``dict-lookup``'s mask and dict probe for an owned address (a small
     int dict probe is as cheap as the arithmetic); a foreign address is refused faster, and
-    there is no hashing and no per-slab dict entry (the README gives both timings). Memory: one
-    pointer per ``slab_size`` of the region (2 MiB of list for the default 1 GiB region of
-    4 KiB slabs), and the region's virtual reservation, which costs nothing resident until
-    slabs are used. The heap cannot outgrow the region: a slab that does not fit raises
+    a lookup does no hashing (the README gives both timings). Memory: one pointer per
+    ``slab_size`` of the region (2 MiB of list for the default 1 GiB region of 4 KiB slabs),
+    the region's virtual reservation, which costs nothing resident until slabs are used, and
+    one dict entry per slab giving its place in the table (read by ``slab_removed`` only, not
+    by lookups). The heap cannot outgrow the region: a slab that does not fit raises
     MemoryError (the allocator stays consistent).
+
+    Out of memory: ``slab_added`` computes the slab's place first, then makes the one write
+    that may allocate (the slab joins the dict of places, or the outside index), then stores
+    it in the table, which allocates nothing: when it raises, nothing has changed.
+    ``slab_removed`` allocates nothing at all (a dict ``pop`` or deletion and a list store),
+    so the core can undo a ``slab_added`` with it even with memory exhausted (see
+    ``SlabAllocator._list_slab``).
 
     The page source should expose ``region -> (start, end)`` holding every slab (an
     ``ArenaPageSource`` does). Bound to another source (``set_policy`` on an allocator built on
@@ -80,26 +88,33 @@ class AddressMask(Policy):
         self._table: list[MemorySlab | None] = [None] * (
             (end - self._origin + slab_size - 1) >> self._shift
         )
-        self._entries = 0  # slabs in the table, for check()
+        # The table index of every slab in the table, so that slab_removed needs no
+        # arithmetic (a new int may fail to allocate); its length counts them, for check().
+        self._places: dict[MemorySlab, int] = {}
 
     def _in_region(self, slab: MemorySlab) -> bool:
         return self._start <= slab.base and slab.base + slab.size_class.slab_size <= self._end
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Enter the slab in the table (or the outside dict). Complexity: O(1)."""
+        """Enter the slab in the table (or the outside dict). All or nothing. O(1)."""
         if self._in_region(slab):
-            self._table[(slab.base - self._origin) >> self._shift] = slab
-            self._entries += 1
+            place = (slab.base - self._origin) >> self._shift
+            self._places[slab] = place  # the one write that may allocate: first
+            self._table[place] = slab
         else:
             self._outside.add(slab)
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Clear the slab's entry. Complexity: O(1)."""
-        if self._in_region(slab):
-            self._table[(slab.base - self._origin) >> self._shift] = None
-            self._entries -= 1
-        else:
+        """Clear the slab's entry. Allocates nothing. O(1).
+
+        Raises:
+            KeyError: the slab is in neither the table nor the outside dict (nothing changes).
+        """
+        place = self._places.pop(slab, None)
+        if place is None:
             self._outside.remove(slab)
+        else:
+            self._table[place] = None
 
     def find_owner(self, address: int) -> MemorySlab | None:
         """The slab holding ``address``, or None (outside the region, or no slab there).
@@ -125,15 +140,21 @@ class AddressMask(Policy):
         slabs = [s for c in self.heap.size_classes for s in c.slabs]
         for slab in slabs:
             if self._in_region(slab):
-                entry = self._table[(slab.base - self._origin) >> self._shift]
+                place = (slab.base - self._origin) >> self._shift
+                entry = self._table[place]
+                if self._places.get(slab) != place:
+                    raise CorruptionError(
+                        f"address-mask places {slab!r} at {self._places.get(slab)!r}, "
+                        f"not {place}"
+                    )
             else:
                 entry = self._outside.owner(slab.base)
             if entry is not slab:
                 raise CorruptionError(f"address-mask has {entry!r} where {slab!r} lies")
-        if self._entries + len(self._outside) != len(slabs):
+        if len(self._places) + len(self._outside) != len(slabs):
             raise CorruptionError(
-                f"address-mask holds {self._entries} table entries and {len(self._outside)} "
-                f"outside for {len(slabs)} slabs"
+                f"address-mask holds {len(self._places)} table entries and "
+                f"{len(self._outside)} outside for {len(slabs)} slabs"
             )
 
     @property
@@ -144,6 +165,7 @@ class AddressMask(Policy):
     def unbind(self) -> None:
         """Drop the table."""
         self._table = []
+        self._places = {}
         self._start = self._end = 0
         self._outside.clear()
 

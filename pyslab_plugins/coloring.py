@@ -56,6 +56,12 @@ class Coloring(Policy):
     Cost: one list index and an addition per new slab; nothing per block. A class without
     slack (every default class) gets color 0 always, exactly as without the plugin.
 
+    Out of memory: ``slab_color`` computes the color and the class's next turn before its one
+    write, a list store, which allocates nothing. The turn is taken when the color is given,
+    before the core maps the slab: a slab that then cannot be made (no memory) has used its
+    turn, and the next slab of the class gets the following color. Every color is as valid as
+    any other, so nothing else depends on it.
+
     Args:
         cache_line: the cache-line size the offsets are multiples of (default 64).
 
@@ -82,8 +88,11 @@ class Coloring(Policy):
         return self._colors[size_class.index]
 
     def slab_color(self, size_class: SizeClass, serial: int) -> int:
-        """The next color of the class, cycling. Complexity: O(1)."""
-        palette = self._colors[size_class.index]
-        turn = self._next[size_class.index]
-        self._next[size_class.index] = turn + 1
-        return palette[turn % len(palette)]
+        """The next color of the class, cycling. All or nothing. Complexity: O(1)."""
+        index = size_class.index
+        palette = self._colors[index]
+        turn = self._next[index]
+        color = palette[turn % len(palette)]
+        following = turn + 1
+        self._next[index] = following
+        return color

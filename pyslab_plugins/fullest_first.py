@@ -34,8 +34,17 @@ class FullestFirst(Policy):
     Cost: the buckets are maintained through ``block_allocated`` and ``block_freed``: each
     alloc and free pays one hook call that moves its slab to the next bucket (two dict
     operations and a bitmap update; the observed hot path). A slab's bucket is its free count,
-    so no table from slab to bucket is kept. Memory: one dict entry per partial slab and
-    ``slots_per_slab + 1`` small dicts per class.
+    so no table from slab to bucket is kept; nor is anything kept for empty or full slabs, so
+    a slab going back to the page source (always empty) needs no ``slab_removed``. Memory: one
+    dict entry per partial slab and ``slots_per_slab + 1`` small dicts per class.
+
+    Out of memory: every hook is all or nothing, as the core's own updates are (see "Out of
+    memory" in :mod:`pyslab.core.guard`). ``block_allocated``, ``block_freed`` and
+    ``slab_added`` compute the new bitmap and the new ``current`` before their first write,
+    then file the slab in its new bucket (the one write that may allocate: the dict may
+    grow), then take it out of the old one and store the bitmap and ``current``, which
+    allocates nothing; a hook that raises has changed nothing, and the core then undoes its
+    own writes. ``slab_refilled`` is one attribute store; ``select_slab`` writes nothing.
     """
 
     name = "fullest-first"
@@ -55,71 +64,88 @@ class FullestFirst(Policy):
 
     def _enter(self, index: int, slab: MemorySlab, free: int) -> None:
         bucket = self._buckets[index][free]
-        if not bucket:
-            self._masks[index] |= 1 << free
-        bucket[slab] = None
+        mask = self._masks[index] | 1 << free
+        bucket[slab] = None  # the one write that may allocate (the dict may grow): first
+        self._masks[index] = mask
 
     # The two per-block hooks inline _enter and its converse: they run on every alloc and free.
+    # Each computes the new bitmap (a new int, which may fail to allocate) before its first
+    # write; then the slab enters its new bucket, the one write that may allocate; then it
+    # leaves the old one and the bitmap is stored, which allocates nothing.
 
     def block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
-        """Move the slab one bucket fuller (out of the buckets once full). Complexity: O(1)."""
+        """Move the slab one bucket fuller (out of the buckets once full).
+
+        All or nothing (see "Out of memory" above). Complexity: O(1).
+        """
         free = slab.capacity - slab.used
         index = slab.size_class.index
         buckets = self._buckets[index]
-        if free + 1 < slab.capacity:  # it was partial: leave the bucket of free + 1
-            bucket = buckets[free + 1]
-            del bucket[slab]
-            if not bucket:
-                self._masks[index] &= ~(2 << free)
-        if free:
-            bucket = buckets[free]
-            if not bucket:
-                self._masks[index] |= 1 << free
-            bucket[slab] = None
+        mask = self._masks[index]
+        before = free + 1
+        left = None
+        if before < slab.capacity:  # it was partial: it leaves the bucket of free + 1
+            left = buckets[before]
+            if len(left) == 1:
+                mask &= ~(1 << before)
+        if free:  # still partial: it enters the bucket of free
+            entered = buckets[free]
+            if not entered:
+                mask |= 1 << free
+            entered[slab] = None
+        if left is not None:
+            del left[slab]
+        self._masks[index] = mask
 
     def block_freed(self, slab: MemorySlab, address: int) -> None:
         """Move the slab one bucket emptier (out of the buckets once empty); if it is
         ``current`` and another partial slab is now fuller, make that one ``current``.
 
-        The slab may already be gone: a free that empties it can release it (``reclaim``)
-        before this hook runs; :meth:`slab_removed` has then taken it out of its bucket.
+        The core tells this hook before it offers a slab that just became empty to
+        ``keep_empty``, so a slab is in its bucket until this hook moves it, and an empty slab
+        going back to the page source is in none. All or nothing (see "Out of memory" above).
 
         Complexity: O(1).
         """
         free = slab.capacity - slab.used
         index = slab.size_class.index
         buckets = self._buckets[index]
-        if free > 1:  # it was partial: leave the bucket of free - 1 (unless released)
-            bucket = buckets[free - 1]
-            if bucket.pop(slab, bucket) is not bucket and not bucket:
-                self._masks[index] &= ~(1 << (free - 1))
-        if free < slab.capacity:
-            bucket = buckets[free]
-            if not bucket:
-                self._masks[index] |= 1 << free
-            bucket[slab] = None
+        mask = self._masks[index]
+        left = None
+        if free > 1:  # it was partial: it leaves the bucket of free - 1
+            before = free - 1
+            left = buckets[before]
+            if len(left) == 1:
+                mask &= ~(1 << before)
+        entered = None
+        if free < slab.capacity:  # still partial: it enters the bucket of free
+            entered = buckets[free]
+            if not entered:
+                mask |= 1 << free
         size_class = slab.size_class
+        successor = None
         if size_class.current is slab:
-            mask = self._masks[index]
             fullest = (mask & -mask).bit_length() - 1
             if 0 < fullest < free:
-                size_class.current = next(iter(buckets[fullest]))
+                # The first slab of that bucket but this one (which may still be in it).
+                for other in buckets[fullest]:
+                    if other is not slab:
+                        successor = other
+                        break
+        if entered is not None:
+            entered[slab] = None
+        if left is not None:
+            del left[slab]
+        self._masks[index] = mask
+        if successor is not None:
+            size_class.current = successor
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """File a slab (new ones are empty; a live allocator's may be partial). O(1)."""
-        free = slab.capacity - slab.used
-        if 0 < free < slab.capacity:
-            self._enter(size_class.index, slab, free)
-
-    def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Forget a slab going back to the page source. It is empty, and in no bucket unless
-        its last free is releasing it: :meth:`block_freed` has then not run yet and the slab
-        is still in bucket ``capacity - 1``. O(1)."""
-        if slab.capacity > 1:
-            free = slab.capacity - 1
-            bucket = self._buckets[size_class.index][free]
-            if bucket.pop(slab, bucket) is not bucket and not bucket:
-                self._masks[size_class.index] &= ~(1 << free)
+        """File a slab (new ones are empty, and filed nowhere; a live allocator's may be
+        partial). All or nothing. O(1)."""
+        used = slab.used
+        if used and used < slab.capacity:
+            self._enter(size_class.index, slab, slab.capacity - used)
 
     def slab_refilled(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """A full slab got a free slot: with one free slot it is the fullest; use it next.

@@ -16,30 +16,30 @@ class _Counters:
     """Mutable counters of one size class (a plain object: the hooks update it in place)."""
 
     __slots__ = (
-        "allocations", "frees", "requested", "slabs", "slabs_created", "slabs_peak",
-        "slabs_reclaimed",
+        "allocations", "frees", "requested", "slabs_at_bind", "slabs_created", "slabs_peak",
     )
 
     def __init__(self) -> None:
         self.allocations = 0
         self.frees = 0
         self.requested = 0
-        self.slabs = 0
-        self.slabs_peak = 0
+        self.slabs_at_bind = 0  # slabs the class held when the policy was bound
         self.slabs_created = 0
-        self.slabs_reclaimed = 0
+        self.slabs_peak = 0
 
 
 class Stats(Policy):
     """Count allocations, frees, requested bytes and slabs per class; track the mapped peak.
 
     What it changes: nothing in placement or lookup. It observes ``block_allocated``,
-    ``block_freed``, ``slab_added`` and ``slab_removed``, and follows the report's
+    ``block_freed`` and ``slab_added``, and follows the report's
     :class:`pyslab.observe.CountsAllocations` protocol, so ``pyslab.observe.report(alloc)`` and
     ``pyslab.observe.report_dict(alloc)`` show its counters and the internal fragmentation and
     utilisation ratios (definitions in :mod:`pyslab.observe.heap_report`). Live blocks now and at
     peak, slabs now and large blocks come from the core (``alloc.stats()``): they are not
-    counted twice.
+    counted twice. Nor are the slabs given back: a slab leaves its class only to go back to the
+    page source, so ``slabs_reclaimed`` is the slabs the class had when the policy was bound,
+    plus those created since, minus those it holds now.
 
     Cost: watching every block switches the allocator to its observed hot path; each alloc
     and each free pays one hook call (a few hundred nanoseconds, see the README's table).
@@ -52,8 +52,16 @@ class Stats(Policy):
 
     Blocks already live when the policy is attached by ``set_policy`` are counted as filling
     their slot (their requested size is unknown), so internal fragmentation is then a lower
-    bound until they are freed. Slabs that existed then count toward ``slabs`` and the peaks
-    but not ``slabs_created``.
+    bound until they are freed. Slabs that existed then count toward the peaks and
+    ``slabs_reclaimed`` but not ``slabs_created``.
+
+    Out of memory: every hook is all or nothing. It computes every new value first (a new int
+    may fail to allocate), then makes the one write that may allocate, a size joining the
+    dict (``block_allocated``), and then only attribute stores and a dict ``pop``, which
+    allocate nothing; a hook that raises has changed nothing, and the core undoes its own
+    writes (see "Out of memory" in :mod:`pyslab.core.guard`). ``slab_added`` needs no undo:
+    when the core cannot list the slab after all, it goes back to the page source at once, and
+    the counters then say exactly that (created, and reclaimed, the peaks counting it).
     """
 
     name = "stats"
@@ -65,7 +73,6 @@ class Stats(Policy):
         self._slab_size = heap.slab_size
         self._classes = [_Counters() for _ in heap.size_classes]
         self._requested: dict[int, int] = {}
-        self._mapped = 0
         self._mapped_peak = 0
         # Slabs with a serial below this existed before bind: announced, not created.
         self._first_serial = 1 + max(
@@ -73,37 +80,53 @@ class Stats(Policy):
         )
         for size_class, counters in zip(heap.size_classes, self._classes, strict=True):
             counters.requested = size_class.live * size_class.slot_size
+            counters.slabs_at_bind = len(size_class.slabs)
 
     def block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
-        """Count the block and its requested size. Complexity: O(1)."""
+        """Count the block and its requested size.
+
+        All or nothing: the new counts are computed, then the size joins the dict (the one
+        write that may allocate), then the counts are stored. Complexity: O(1).
+        """
         counters = self._classes[slab.size_class.index]
-        counters.allocations += 1
-        counters.requested += size
+        allocations = counters.allocations + 1
+        requested = counters.requested + size
         if size != slab.slot_size:
             self._requested[address] = size
+        counters.allocations = allocations
+        counters.requested = requested
 
     def block_freed(self, slab: MemorySlab, address: int) -> None:
-        """Count the free; forget the block's requested size. Complexity: O(1)."""
+        """Count the free; forget the block's requested size.
+
+        All or nothing: the new counts are computed, then stored, with a dict ``pop``; none of
+        those writes allocates. Complexity: O(1).
+        """
         counters = self._classes[slab.size_class.index]
-        counters.frees += 1
-        counters.requested -= self._requested.pop(address, slab.slot_size)
+        requested = self._requested
+        frees = counters.frees + 1
+        remaining = counters.requested - requested.get(address, slab.slot_size)
+        requested.pop(address, None)
+        counters.frees = frees
+        counters.requested = remaining
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Count the slab and the mapped bytes, with their peaks. Complexity: O(1)."""
-        counters = self._classes[size_class.index]
-        counters.slabs += 1
-        counters.slabs_peak = max(counters.slabs_peak, counters.slabs)
-        if slab.serial >= self._first_serial:
-            counters.slabs_created += 1
-        self._mapped += self._slab_size
-        self._mapped_peak = max(self._mapped_peak, self._mapped)
+        """Count a created slab; raise the peaks of the class and of the mapped bytes.
 
-    def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Count the slab given back. Complexity: O(1)."""
+        All or nothing: every value is computed before the stores. Complexity: O(size
+        classes), for the mapped total (a new slab costs a system call anyway).
+        """
         counters = self._classes[size_class.index]
-        counters.slabs -= 1
-        counters.slabs_reclaimed += 1
-        self._mapped -= self._slab_size
+        slabs = len(size_class.slabs)  # the core lists the slab before telling the policies
+        peak = slabs if slabs > counters.slabs_peak else counters.slabs_peak
+        created = counters.slabs_created
+        if slab.serial >= self._first_serial:
+            created += 1
+        mapped = sum(len(c.slabs) for c in self.heap.size_classes) * self._slab_size
+        mapped_peak = mapped if mapped > self._mapped_peak else self._mapped_peak
+        counters.slabs_peak = peak
+        counters.slabs_created = created
+        self._mapped_peak = mapped_peak
 
     def counters(self) -> PolicyCounters:
         """A snapshot of the counters (the report calls it under the allocator's lock).
@@ -117,10 +140,10 @@ class Stats(Policy):
                     frees=c.frees,
                     slabs_peak=c.slabs_peak,
                     slabs_created=c.slabs_created,
-                    slabs_reclaimed=c.slabs_reclaimed,
+                    slabs_reclaimed=c.slabs_at_bind + c.slabs_created - len(size_class.slabs),
                     requested_bytes=c.requested,
                 )
-                for c in self._classes
+                for size_class, c in zip(self.heap.size_classes, self._classes, strict=True)
             ),
             mapped_peak=self._mapped_peak,
         )
@@ -129,24 +152,31 @@ class Stats(Policy):
         """Verify the counters against the heap (``validate()`` calls it).
 
         Raises:
-            CorruptionError: a class's slab count, the mapped bytes or the requested bytes
-                disagree with the slabs, or more sizes are kept than blocks are live.
+            CorruptionError: a class holds more slabs than were announced to the policy or
+                than its peak, the mapped peak is below the bytes mapped now, the requested
+                bytes are not within the class's used slots, or more sizes are kept than
+                blocks are live.
 
         Complexity: O(size classes).
         """
         slabs = 0
         for size_class, counters in zip(self.heap.size_classes, self._classes, strict=True):
-            slabs += len(size_class.slabs)
-            if counters.slabs != len(size_class.slabs):
+            held = len(size_class.slabs)
+            slabs += held
+            announced = counters.slabs_at_bind + counters.slabs_created
+            if held > announced or held > counters.slabs_peak:
                 raise CorruptionError(
-                    f"stats counts {counters.slabs} slabs in {size_class!r}"
+                    f"stats counts {announced} slabs announced and a peak of "
+                    f"{counters.slabs_peak} in {size_class!r}"
                 )
             if not 0 <= counters.requested <= size_class.live * size_class.slot_size:
                 raise CorruptionError(
                     f"stats counts {counters.requested} requested bytes in {size_class!r}"
                 )
-        if self._mapped != slabs * self._slab_size:
-            raise CorruptionError(f"stats counts {self._mapped} mapped bytes for {slabs} slabs")
+        if self._mapped_peak < slabs * self._slab_size:
+            raise CorruptionError(
+                f"stats counts a mapped peak of {self._mapped_peak} bytes for {slabs} slabs"
+            )
         if len(self._requested) > sum(c.live for c in self.heap.size_classes):
             raise CorruptionError(f"stats keeps {len(self._requested)} sizes, more than live")
 

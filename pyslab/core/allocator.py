@@ -328,50 +328,11 @@ class SlabAllocator(CallGuard):
         return address
 
     def _take_observed(self, size_class: SizeClass, size: int) -> int:
-        # The plain take written out again, with the observers between its stores and the
-        # slab's leaving ``empty``: when an observer raises, the stores are undone with the
-        # values saved here (stores allocate nothing) and the slab never left ``empty``
-        # (putting it back could need the dict to grow, which could fail). The plain path
-        # stays one function, without this bookkeeping: it is the hot path.
-        slab = size_class.current or self._refill(size_class)
-        saved = (slab.free, slab.bump, slab.live, slab.used, size_class.current,
-                 size_class.full, size_class.live, size_class.peak)
-        address = slab.free
-        if address:
-            after = WORDS[address >> WORD_SHIFT]
-            bump = slab.bump
-        else:
-            address = slab.bump
-            after = 0
-            bump = address + slab.slot_size
-        live = slab.live | 1 << ((address - slab.base) >> WORD_SHIFT)
-        used = slab.used + 1
-        full = size_class.full + 1 if used == slab.capacity else 0
-        class_live = size_class.live + 1
-        # --- commit, but for ``empty`` ---
-        slab.free = after
-        slab.bump = bump
-        slab.live = live
-        slab.used = used
-        if full:
-            size_class.current = None
-            size_class.full = full
-        size_class.live = class_live
-        if class_live > size_class.peak:
-            size_class.peak = class_live
-        try:
-            self._block_allocated(slab, address, size)
-        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
-            failure: BaseException | None = error
-        else:
-            failure = None
-        if failure is not None:
-            (slab.free, slab.bump, slab.live, slab.used, size_class.current,
-             size_class.full, size_class.live, size_class.peak) = saved
-            raise failure
-        if used == 1:
-            del size_class.empty[slab]
-        return address
+        # The take of a configuration with observers: ``_take_then`` with no second step,
+        # which tells the policy (``block_allocated``) between the core's stores and the slab's
+        # leaving ``empty``, and stores back saved values when the policy raises. The plain
+        # path stays one function, without this bookkeeping: it is the hot path.
+        return self._take_then(size_class, size, _no_op)
 
     def _take_then(self, size_class: SizeClass, size: int, then: Callable[[int], object]) -> int:
         """Take a block for a call with a second step, ``then(address)`` (zeroing it, or
@@ -477,29 +438,76 @@ class SlabAllocator(CallGuard):
         base = self._source.map_slab(self._slab_size)
         try:
             slab = MemorySlab(size_class, base, color, self._slab_size, serial)
-            self._list_slab(size_class, slab)
-        except BaseException:
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None:
             self._source.release_slab(base, self._slab_size)
-            raise
+            raise failure
+        self._list_slab(size_class, slab)  # gives the pages back itself when it fails
         self._serial = following
         return slab
 
     def _list_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """List a new slab in its class, then tell the policy.
+        """List a new slab in its class, then tell each policy that listens, in composition
+        order; on failure, undo that and give the slab's pages back to the page source.
 
         Each step may fail (a dict may need to grow, a policy hook may run out of memory, a
-        signal handler may raise at the hook's call); every failure is undone by deletions,
-        which allocate nothing, so that no side lists a slab the other does not.
+        signal handler may raise at a hook's call), and every failure is undone, so that no
+        side lists a slab another does not: the policies already told are told, last first,
+        that the slab goes back to the page source (``slab_removed``, which undoes
+        ``slab_added`` exactly), and the listing is undone by deletions, which allocate
+        nothing. The core tells the policies one by one, rather than through the composed
+        ``slab_added``, to know which of them to tell. The index policies' ``slab_removed``
+        (``dict-lookup``, ``address-mask``) allocates nothing, so the undo holds with memory
+        exhausted; a policy without a ``slab_removed`` is not told (``stats`` then counts the
+        slab as created and reclaimed, which it was; ``fullest-first`` files no empty slab).
+        Should a ``slab_removed`` itself fail, the pages stay mapped (a policy may still
+        know the slab) and that failure is raised.
+
+        Raises:
+            Whatever the listing or a policy's ``slab_added`` raised: the slab is listed
+            nowhere and its pages are back with the source (or, if that failed too, still
+            mapped and counted by the source).
+
+        Complexity: O(policies), plus their hooks.
         """
-        size_class.slabs[slab] = None
+        policies = self._policy.policies if self._slab_added is not None else ()
+        slabs = size_class.slabs
+        slabs[slab] = None  # the first write, which may fail: nothing else has changed yet
+        told = 0  # the policies passed, told or not listening
         try:
             size_class.empty[slab] = None
-            if self._slab_added is not None:
-                self._slab_added(size_class, slab)
-        except BaseException:
-            size_class.empty.pop(slab, None)
-            del size_class.slabs[slab]
-            raise
+            for policy in policies:
+                if type(policy).slab_added is not Policy.slab_added:
+                    policy.slab_added(size_class, slab)
+                told += 1
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is None:
+            return
+        try:
+            while told:
+                told -= 1
+                policy = policies[told]
+                if (
+                    type(policy).slab_added is not Policy.slab_added
+                    and type(policy).slab_removed is not Policy.slab_removed
+                ):
+                    policy.slab_removed(size_class, slab)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            undone: BaseException | None = error
+        else:
+            undone = None
+        size_class.empty.pop(slab, None)
+        del slabs[slab]
+        if undone is not None:
+            raise undone from failure
+        self._source.release_slab(slab.base, self._slab_size)
+        raise failure
 
     def _color(self, size_class: SizeClass, serial: int) -> int:
         """The policy's ``slab_color`` for the next slab, checked.
@@ -775,31 +783,124 @@ class SlabAllocator(CallGuard):
     def _tell_refilled(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Tell the policy a full slab got a free slot. Advice the free does not depend on
         (the core has made the slab ``current`` if the class had none): if memory runs out
-        while telling it, the free has still happened, which is what the caller must hear."""
+        while telling it, the free has still happened, which is what the caller must hear.
+        The policy's hook must then have changed nothing (``first-fit``'s and
+        ``fullest-first``'s make one attribute store, after which nothing can fail).
+
+        Raises:
+            Whatever the hook raised but out of memory (a signal handler's exception).
+        """
         try:
             self._slab_refilled(size_class, slab)  # type: ignore[misc]
-        except BaseException as error:
-            if not is_out_of_memory(error):
-                raise
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None and not isinstance(failure, MemoryError):
+            try:
+                out_of_memory = is_out_of_memory(failure)
+            except MemoryError:  # too short of memory even to read the error's message
+                out_of_memory = True
+            if not out_of_memory:
+                raise failure
 
     def _offer_empty(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Ask the policy whether the slab that just became empty stays cached; release it
         if not. The free that emptied it has happened: if memory runs out while asking or
         releasing, the slab stays cached (a valid state, in ``empty``), and the next free that
-        empties a slab, ``shrink()`` or ``close()`` gives it back."""
+        empties a slab, ``shrink()`` or ``close()`` gives it back. (Or, when only giving the
+        pages back failed, the slab has left the heap and its pages stay mapped: see
+        :meth:`_release_slab`.)
+
+        Raises:
+            Whatever the policy raised but out of memory (a signal handler's exception).
+        """
         try:
             keep = self._keep_empty(size_class, slab)
             if not keep:
                 self._release_slab(size_class, slab)
-        except BaseException as error:
-            if not is_out_of_memory(error):
-                raise
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None and not isinstance(failure, MemoryError):
+            try:
+                out_of_memory = is_out_of_memory(failure)
+            except MemoryError:  # too short of memory even to read the error's message
+                out_of_memory = True
+            if not out_of_memory:
+                raise failure
 
     def _give_back_observed(self, slab: MemorySlab, ptr: int) -> None:
-        self._give_back_plain(slab, ptr)
-        self._block_freed(slab, ptr)
+        # The plain give-back written out again, with the observers told between its stores
+        # and the advice: when an observer raises, the stores are undone with the values
+        # saved here (stores allocate nothing), the block's first word included (the
+        # free-list link overwrote it), and a slab that joined ``empty`` leaves it (a
+        # deletion), so that the free either happens or raises with the block live and
+        # intact. ``slab_refilled`` and ``keep_empty`` are asked only once the free stands,
+        # after ``block_freed``: a slab is released only after its observers saw it empty.
+        # The plain path stays one function, without this bookkeeping: it is the hot path.
+        bit = 1 << ((ptr - slab.base) >> WORD_SHIFT)
+        live = slab.live
+        if not live & bit:
+            raise self._bad_address(ptr, slab)
+        freed = live ^ bit
+        word = ptr >> WORD_SHIFT
+        contents = WORDS[word]
+        used = slab.used
+        remaining = used - 1
+        size_class = slab.size_class
+        saved = (slab.free, size_class.live, size_class.full, size_class.current)
+        class_live = size_class.live - 1
+        was_full = used == slab.capacity
+        full = size_class.full - 1 if was_full else 0
+        emptied = used == 1
+        if emptied:
+            size_class.empty[slab] = None  # the one write that may allocate: first
+        # --- commit ---
+        slab.live = freed
+        WORDS[word] = slab.free
+        slab.free = ptr
+        slab.used = remaining
+        size_class.live = class_live
+        if was_full:
+            size_class.full = full
+            if size_class.current is None:
+                size_class.current = slab
+        try:
+            self._block_freed(slab, ptr)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None:
+            slab.live = live
+            slab.used = used
+            (slab.free, size_class.live, size_class.full, size_class.current) = saved
+            WORDS[word] = contents
+            if emptied:
+                del size_class.empty[slab]
+            raise failure
+        if was_full and self._slab_refilled is not None:
+            self._tell_refilled(size_class, slab)
+        if emptied:
+            self._offer_empty(size_class, slab)
 
     def _release_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
+        """Give an empty slab back to the page source. Lock held.
+
+        The policies are told first: when one raises, nothing else has changed (each hook of
+        this package is all or nothing, and the index policies' allocate nothing). The core's
+        own writes are deletions and a store, which allocate nothing. Giving the pages back
+        comes last and may fail (no memory to pass the arguments to ``munmap``, or for the
+        arena's extent list): the slab has then left the heap and every policy, and its pages
+        stay mapped, counted by the source as still handed out.
+
+        Raises:
+            Whatever a ``slab_removed`` hook or the page source raised (see above).
+
+        Complexity: the hooks', plus one ``munmap`` (or an arena's extent update).
+        """
         if self._slab_removed is not None:
             self._slab_removed(size_class, slab)
         del size_class.slabs[slab]

@@ -35,10 +35,13 @@ from __future__ import annotations
 import bisect
 import threading
 import weakref
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
 from . import libc as _libc
 from ._large import TrackedBlocks
+
+_T = TypeVar("_T")
 
 __all__ = ["ArenaLargeObjects", "ArenaPageSource"]
 
@@ -126,8 +129,7 @@ class ArenaPageSource:
     @property
     def free_bytes(self) -> int:
         """Bytes of the region not handed out. Complexity: O(free extents)."""
-        with self._lock:
-            return sum(length for _, length in self._free)
+        return self._locked(lambda: sum(length for _, length in self._free))
 
     def map_slab(self, size: int) -> int:
         """Carve ``size`` bytes aligned to ``size`` from the region.
@@ -140,25 +142,29 @@ class ArenaPageSource:
             raise ValueError(
                 f"slab size {size!r} is not a power-of-two multiple of the page size"
             )
+        mapped = self._mapped + size  # computed first: after the take, only a store
         address = self.take(size, size)
-        self._mapped += size
+        self._mapped = mapped
         return address
 
     def release_slab(self, address: int, size: int) -> None:
         """Give a slab back: its pages leave the resident set (``MADV_DONTNEED``)."""
+        mapped = self._mapped - size
         self.give(address, size)
-        self._mapped -= size
+        self._mapped = mapped
 
     def close(self) -> None:
         """Unmap the whole region. Every address it handed out becomes invalid. Idempotent.
 
         Complexity: one ``munmap``.
         """
-        with self._lock:
-            self._closed = True
-            self._free = []
-            self._mapped = 0
+        self._locked(self._close_books)
         self._finalizer()
+
+    def _close_books(self) -> None:
+        self._closed = True
+        self._free = []
+        self._mapped = 0
 
     def large_objects(self) -> ArenaLargeObjects | None:
         """The large-block service over this arena, or None when built with
@@ -177,21 +183,23 @@ class ArenaPageSource:
         Complexity: O(free extents), first fit by address (low addresses are reused first,
         which keeps the used part of the region compact).
         """
-        with self._lock:
-            if self._closed:
-                raise ValueError("the arena is closed")
-            mask = alignment - 1
-            for index, (start, length) in enumerate(self._free):
-                aligned = (start + mask) & ~mask
-                end = start + length
-                if aligned + size <= end:
-                    pieces = []
-                    if aligned > start:
-                        pieces.append((start, aligned - start))
-                    if aligned + size < end:
-                        pieces.append((aligned + size, end - aligned - size))
-                    self._free[index : index + 1] = pieces
-                    return aligned
+        return self._locked(self._take_locked, size, alignment)
+
+    def _take_locked(self, size: int, alignment: int) -> int:
+        if self._closed:
+            raise ValueError("the arena is closed")
+        mask = alignment - 1
+        for index, (start, length) in enumerate(self._free):
+            aligned = (start + mask) & ~mask
+            end = start + length
+            if aligned + size <= end:
+                pieces = []
+                if aligned > start:
+                    pieces.append((start, aligned - start))
+                if aligned + size < end:
+                    pieces.append((aligned + size, end - aligned - size))
+                self._free[index : index + 1] = pieces
+                return aligned
         raise MemoryError(
             f"the arena at {self.start:#x} ({self.end - self.start} bytes) has no free extent "
             f"of {size} bytes aligned to {alignment}"
@@ -206,8 +214,7 @@ class ArenaPageSource:
 
         Complexity: O(log extents) to find the place, O(extents) for the list insertion.
         """
-        with self._lock:  # the body is a call of its own: see "Out of memory" in core.guard
-            self._give_locked(address, size)
+        self._locked(self._give_locked, address, size)
 
     def _give_locked(self, address: int, size: int) -> None:
         # Check and compute everything first; then the one write that may allocate (an
@@ -243,8 +250,27 @@ class ArenaPageSource:
 
     def extents(self) -> list[tuple[int, int]]:
         """The free extents as ``(start, length)``, by address (a copy)."""
-        with self._lock:
-            return list(self._free)
+        return self._locked(lambda: list(self._free))
+
+    def _locked(self, work: Callable[..., _T], *args: Any) -> _T:
+        """``work(*args)`` under the arena's lock, released whatever happens.
+
+        Not a ``with`` block: with memory exhausted, a ``with`` may fail to call ``__exit__``
+        (no memory for its arguments) and leave this non-reentrant lock held for good, so the
+        lock is released in straight-line code (see "Out of memory" in
+        :mod:`pyslab.core.guard`)."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            result = work(*args)
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        lock.release()
+        if failure is not None:
+            raise failure
+        return result
 
     def __repr__(self) -> str:
         return (

@@ -39,6 +39,31 @@ Within a call, the allocator computes every new value before its first write, an
 with attribute stores and dict deletions, which allocate nothing; the one write that may (a
 slab joining a dict) comes first; a policy hook that fails after the commit has its core
 writes undone by storing back saved values. See ``SlabAllocator._take_plain``.
+
+Each policy hook of the package's plugins is all or nothing in the same way (it computes,
+makes its one allocating write first, then stores), and the core meets a failing hook so that
+a call either completes or raises having changed nothing:
+
+- ``block_allocated`` and ``block_freed`` run after the core's stores, which are undone with
+  saved values when the hook raises (for a free, the block's first word too, which the
+  free-list link overwrote, and a slab's joining ``empty`` by a deletion): a free either
+  happens or raises with the block live and intact (``_take_observed``,
+  ``_give_back_observed``).
+- ``slab_added``: the core lists the slab, then tells each listening policy in turn; when one
+  raises, those already told are told ``slab_removed`` (which allocates nothing for the index
+  policies), the listing is deleted and the pages go back to the source (``_list_slab``).
+- ``slab_removed`` comes before any write of the core: when it raises, nothing has changed.
+  Giving the pages back comes last; when that fails, the slab has left the heap and its pages
+  stay mapped (``_release_slab``).
+- ``slab_refilled`` and ``keep_empty`` (with the release it may ask for) are advice, asked
+  once the free stands: out of memory there is swallowed, the books being consistent either
+  way (``_tell_refilled``, ``_offer_empty``).
+- ``select_slab`` and ``slab_color`` are decisions, made before any write of the core.
+
+One case is not covered: two policies that both observe ``block_allocated`` or
+``block_freed`` are told through one composed callable, so that when the second raises, the
+first's update stands while the core undoes its own (the composed notification cannot tell
+the core which policies it told, and the inverse update needs memory too).
 """
 
 from __future__ import annotations
