@@ -18,6 +18,8 @@ Measurements (numbered as in the issue), one module each:
 5. :mod:`~benchmarks.bookkeeping` - Python bookkeeping bytes per byte mapped.
 6. :mod:`~benchmarks.reclamation` - mapped bytes and RSS after freeing everything.
 7. :mod:`~benchmarks.hardening` - each hardening option's cost.
+8. :mod:`~benchmarks.replay` - ``pyslab replay`` of a real program's memray capture against
+   ``memray stats`` on the same file (commands timed whole, each in a process of its own).
 
 Targets are reported, never asserted: the exit status is 0 whatever the figures.
 

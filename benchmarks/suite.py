@@ -7,7 +7,7 @@ import traceback
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from . import batch, bookkeeping, buffers, hardening, pairs, reclamation, scaling
+from . import batch, bookkeeping, buffers, hardening, pairs, reclamation, replay, scaling
 from .context import Context
 from .results import Section
 
@@ -35,11 +35,14 @@ MEASUREMENTS: tuple[Measurement, ...] = (
     Measurement("reclaim", 6, "mapped bytes and RSS after freeing everything",
                 reclamation.measure),
     Measurement("hardening", 7, "cost of each hardening option", hardening.measure),
+    Measurement("replay", 8, "pyslab replay of a memray capture vs memray stats",
+                replay.measure),
 )
+"""Every measurement, in number order: what a run without ``--only`` runs."""
 
 
 def resolve_names(names: Iterable[str]) -> list[Measurement]:
-    """The measurements named by key (``pairs``) or number (``1``), in the issue's order.
+    """The measurements named by key (``pairs``) or number (``1``), in number order.
 
     Raises:
         ValueError: a name is neither (the message names it and lists the valid ones).

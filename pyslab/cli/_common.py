@@ -4,6 +4,7 @@ and the description of the machine a run was made on."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import re
@@ -20,6 +21,8 @@ import pyslab.lab
 from pyslab.policy import parse_spec
 
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
     from pyslab.lab import RunResult
     from pyslab.policy import PluginEntry
 
@@ -29,11 +32,14 @@ __all__ = [
     "SPEC_HELP",
     "STDOUT",
     "CommandError",
+    "Display",
     "MissingExtra",
     "Subparsers",
+    "Tick",
     "UsageError",
     "add_output_options",
     "add_policy_option",
+    "add_quiet_option",
     "check_directory",
     "check_extras",
     "check_output",
@@ -46,6 +52,7 @@ __all__ = [
     "positive_int",
     "print_entries",
     "print_listing",
+    "progress_line",
     "run_jobs",
     "unique",
     "workload_name",
@@ -214,6 +221,15 @@ def add_policy_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def add_quiet_option(parser: argparse.ArgumentParser) -> None:
+    """``-q/--quiet``: no progress on stderr (errors and warnings still go there)."""
+    parser.add_argument(
+        "-q", "--quiet", action="store_true",
+        help="show no progress on stderr: neither the bars drawn on a terminal nor the line "
+        "per finished run written elsewhere (errors and warnings are still shown)",
+    )
+
+
 def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--json``, ``--csv`` and ``--plot``."""
     parser.add_argument(
@@ -336,49 +352,188 @@ def unique(items: Sequence[str]) -> list[str]:
 # --- running ------------------------------------------------------------------------------------
 
 
-def run_jobs(
-    jobs: Sequence[tuple[str, str]],
-    run: Callable[[str, str], RunResult],
-    stream: TextIO | None = None,
-) -> list[RunResult]:
-    """Run each (workload, configuration) job, showing progress on ``stream`` (stderr).
+Tick: TypeAlias = Callable[[int], None]
+"""What a run calls with the calls (or events) it has made so far, for its progress bar."""
 
-    A progress bar (rich) when ``stream`` is a terminal; otherwise one plain line per finished
-    run, so that logs and pipes stay readable.
+
+class Display:
+    """The progress shown on ``stream`` (stderr): one rich display of progress bars when it is
+    a terminal and ``quiet`` is false, nothing otherwise (:attr:`shown` says which). Use it as
+    a context manager; its tasks are rich task ids, or None when nothing is shown.
+
+    Each task shows its description, a bar and done/total, then: for a task with a ``unit``
+    (events, records), its rate and the time it has left; for any other, the time since it
+    started.
+
+    Raises (on entering): MissingExtra without rich, when it is shown.
     """
-    out = stream if stream is not None else sys.stderr
-    results: list[RunResult] = []
-    if not out.isatty():
-        for number, (workload, config) in enumerate(jobs, start=1):
-            result = run(workload, config)
-            results.append(result)
-            print(
-                f"[{number}/{len(jobs)}] {workload} under {config}: {result.seconds:.2f} s",
-                file=out, flush=True,
-            )
-        return results
+
+    def __init__(self, quiet: bool = False, stream: TextIO | None = None) -> None:
+        self.stream: Final = stream if stream is not None else sys.stderr
+        self.shown: Final = not quiet and self.stream.isatty()
+        self._progress: Progress | None = None
+
+    def __enter__(self) -> Display:
+        if self.shown:
+            self._progress = _progress(self.stream)
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def add(
+        self, description: str, total: int | None = None, unit: str | None = None
+    ) -> TaskID | None:
+        """A new task (None when nothing is shown)."""
+        if self._progress is None:
+            return None
+        return self._progress.add_task(description, total=total, unit=unit)
+
+    def update(
+        self, task: TaskID | None, *, completed: int | None = None, total: int | None = None,
+        description: str | None = None, advance: int | None = None,
+    ) -> None:
+        """Change what ``task`` shows (nothing for None)."""
+        if self._progress is None or task is None:
+            return
+        changes: dict[str, object] = {}
+        if total is not None:
+            changes["total"] = total
+        self._progress.update(
+            task, completed=completed, description=description, advance=advance,
+            **changes,  # type: ignore[arg-type]
+        )
+
+    def remove(self, task: TaskID | None) -> None:
+        """Take ``task`` off the display."""
+        if self._progress is not None and task is not None:
+            self._progress.remove_task(task)
+
+
+def _progress(stream: TextIO) -> Progress:
+    """The rich progress display of :class:`Display`. Raises: MissingExtra without rich."""
     with cli_extra():
         from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
             Progress,
+            ProgressColumn,
+            Task,
             TextColumn,
             TimeElapsedColumn,
+            TimeRemainingColumn,
         )
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=Console(file=out), transient=True) as progress:
-        task = progress.add_task("starting", total=len(jobs))
+        from rich.text import Text
+
+    remaining, elapsed = TimeRemainingColumn(), TimeElapsedColumn()
+
+    class Timing(ProgressColumn):
+        """``1,234,567 events/s  0:00:12 left`` for a counted task; its elapsed time else."""
+
+        def render(self, task: Task) -> Text:
+            unit = task.fields.get("unit")
+            if unit is None:
+                return elapsed.render(task)
+            speed = task.finished_speed or task.speed
+            rate = Text("" if speed is None else f"{speed:>10,.0f} {unit}/s  ")
+            if task.total is None:  # not known yet: no time left to tell
+                return rate
+            return rate + remaining.render(task) + Text(" left")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Timing())
+    return Progress(*columns, console=Console(file=stream), transient=True)
+
+
+@contextmanager
+def progress_line(
+    description: str, unit: str, *, quiet: bool = False, display: Display | None = None,
+) -> Iterator[Callable[[int, int | None], None]]:
+    """A progress bar for one long step (``reading capture.bin``) on ``display`` (a new one on
+    stderr by default: shown on a terminal unless ``quiet``); yields the function to call with
+    (done, total; None: not known yet), which does nothing where nothing is shown. The bar
+    goes when the block ends.
+
+    Raises: MissingExtra without rich (on a terminal only).
+    """
+    with contextlib.ExitStack() as stack:
+        if display is None:
+            display = stack.enter_context(Display(quiet))
+        task = display.add(description, unit=unit)
+        shown = display
+
+        def update(done: int, total: int | None) -> None:
+            shown.update(task, completed=done, total=total)
+
+        try:
+            yield update
+        finally:
+            display.remove(task)
+
+
+def run_jobs(
+    jobs: Sequence[tuple[str, str]],
+    run: Callable[[str, str, Tick], RunResult],
+    stream: TextIO | None = None,
+    *,
+    quiet: bool = False,
+    steps: int | Callable[[], int | None] | None = None,
+    unit: str = "calls",
+    display: Display | None = None,
+) -> list[RunResult]:
+    """Run each (workload, configuration) job, showing progress on ``stream`` (stderr), or on
+    ``display``.
+
+    ``run(workload, configuration, tick)`` runs one job, calling ``tick`` with the ``unit``
+    it has done so far; ``steps`` is how many there are in a job (or a function asked before
+    each job; None: not known). On a terminal: a progress bar (rich) over the jobs, and one
+    over the job running, with its rate and the time it has left. Elsewhere: one plain line
+    per finished run, so that logs and pipes stay readable. ``quiet``: neither.
+    """
+    with contextlib.ExitStack() as stack:
+        if display is None:
+            display = stack.enter_context(Display(quiet, stream))
+        if not display.shown:
+            return _run_plainly(jobs, run, display.stream, quiet)
+        results: list[RunResult] = []
+        task = display.add("starting", total=len(jobs))
         for workload, config in jobs:
-            progress.update(task, description=f"{workload} under {config}")
-            results.append(run(workload, config))
-            progress.advance(task)
+            display.update(task, description=f"{workload} under {config}")
+            total = steps() if callable(steps) else steps
+            part = display.add(f"  {unit}", total=total, unit=unit)
+
+            def tick(done: int, part: TaskID | None = part, shown: Display = display) -> None:
+                shown.update(part, completed=done)
+
+            results.append(run(workload, config, tick))
+            display.remove(part)
+            display.update(task, advance=1)
+        display.remove(task)
+        return results
+
+
+def _run_plainly(
+    jobs: Sequence[tuple[str, str]], run: Callable[[str, str, Tick], RunResult],
+    out: TextIO, quiet: bool,
+) -> list[RunResult]:
+    """:func:`run_jobs` off a terminal: a line per finished run (none when ``quiet``)."""
+    results: list[RunResult] = []
+    for number, (workload, config) in enumerate(jobs, start=1):
+        result = run(workload, config, _ignore)
+        results.append(result)
+        if not quiet:
+            print(
+                f"[{number}/{len(jobs)}] {workload} under {config}: {result.seconds:.2f} s",
+                file=out, flush=True,
+            )
     return results
+
+
+def _ignore(done: int) -> None:
+    """A tick that shows nothing."""
 
 
 def environment(**facts: object) -> dict[str, object]:

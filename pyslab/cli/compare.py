@@ -17,8 +17,10 @@ from ._common import (
     DEFAULT_CONFIGURATIONS,
     MAX_OPS,
     Subparsers,
+    Tick,
     add_output_options,
     add_policy_option,
+    add_quiet_option,
     check_extras,
     check_report_outputs,
     count,
@@ -53,6 +55,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed (default 0)")
     add_output_options(parser)
+    add_quiet_option(parser)
     return parser
 
 
@@ -64,10 +67,15 @@ def run(args: argparse.Namespace) -> int:
     names = unique(args.workload or list(pyslab.lab.workloads()))
     ops, seed = args.ops, args.seed
 
-    def one(name: str, config: str) -> pyslab.lab.RunResult:
-        return pyslab.lab.run_workload(pyslab.lab.make_workload(name), config, ops=ops, seed=seed)
+    def one(name: str, config: str, tick: Tick) -> pyslab.lab.RunResult:
+        return pyslab.lab.run_workload(
+            pyslab.lab.make_workload(name), config, ops=ops, seed=seed, progress=tick
+        )
 
-    results = run_jobs([(name, config) for name in names for config in configs], one)
+    results = run_jobs(
+        [(name, config) for name in names for config in configs], one, quiet=args.quiet,
+        steps=ops,
+    )
     meta = environment(
         command="compare", seed=seed, ops=ops, configurations=configs, workloads=names
     )

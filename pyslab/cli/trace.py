@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterable
 
 import pyslab
 import pyslab.lab
 from pyslab.lab.trace import (
     TraceError,
+    TraceEvent,
     is_memray_capture,
     record_workload,
     write_trace,
 )
 
-from ._common import MAX_OPS, STDOUT, Subparsers, check_output, count, workload_name
+from ._common import (
+    MAX_OPS,
+    STDOUT,
+    Subparsers,
+    add_quiet_option,
+    check_output,
+    count,
+    workload_name,
+)
 from ._report import writing
 from .compare import DEFAULT_OPS
 from .replay import add_capture_options, check_input, describe_capture, load_capture
@@ -46,6 +56,7 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
     convert.add_argument("capture", metavar="CAPTURE", help="the memray capture")
     convert.add_argument("out", metavar="OUT", help="the trace to write ('-': stdout)")
     add_capture_options(convert)
+    add_quiet_option(convert)
     record = actions.add_parser(
         "record", help="write the calls of a workload as a pyslab trace",
         description="Record the calls a workload makes for a seed, as a pyslab trace "
@@ -72,9 +83,11 @@ def run(args: argparse.Namespace) -> int:
         check_input(args.capture, "capture")
         if not is_memray_capture(args.capture):
             raise TraceError(args.capture, 0, "not a memray capture")
-        capture = load_capture(args.capture, args.allocators, args.max_size, args.accept_partial)
+        capture = load_capture(
+            args.capture, args.allocators, args.max_size, args.accept_partial, args.quiet
+        )
         print(describe_capture(args.capture, capture), file=messages)
-        events = capture.events
+        events: Iterable[TraceEvent] = capture.trace
     else:
         events = record_workload(pyslab.lab.make_workload(args.workload), args.ops, args.seed)
     with writing(args.out):

@@ -69,10 +69,19 @@ over the file found readable, but memray's native reader can still crash on a da
 (a segmentation fault on one flipped byte, among records it counts as readable):
 :func:`read_memray_capture_isolated` reads in a child process and turns such a crash into a
 :class:`TraceError`, as the ``pyslab`` command does.
+
+Compact traces
+--------------
+A capture is read once, straight into a :class:`CompactTrace`: parallel arrays of op codes,
+dense block ids and sizes, about 17 bytes an event, with no Python object kept per record.
+Replays run from those arrays (:func:`pyslab.lab.replay_trace`), several configurations from
+one reading. :class:`CaptureReader` reads in a child process and hands the events over as
+they are converted, so that a replay can start before the reading ends.
 """
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import os
@@ -85,10 +94,12 @@ import sys
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from array import array
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from operator import attrgetter
 from pathlib import Path
-from types import ModuleType
 from typing import IO, TYPE_CHECKING, Final, Literal, NamedTuple, TypeAlias
 
 from pyslab.errors import PyslabError, PyslabWarning
@@ -96,15 +107,20 @@ from pyslab.errors import PyslabError, PyslabWarning
 from .workload import Workload, WorkloadError, WorkloadHeap
 
 if TYPE_CHECKING:
-    from memray import AllocationRecord
+    from types import ModuleType
 
 __all__ = [
     "MAGIC",
     "MAX_ALIGNMENT",
     "MAX_ID",
     "MAX_SIZE",
+    "OP_ALLOC",
+    "OP_FREE",
+    "OP_REALLOC",
     "Capture",
+    "CaptureReader",
     "CaptureSummary",
+    "CompactTrace",
     "PartialCaptureError",
     "TraceError",
     "TraceEvent",
@@ -138,6 +154,9 @@ _MEMRAY_MAGIC: Final = b"memray"  # ... and starts uncompressed ones (--no-compr
 
 StrPath: TypeAlias = "str | os.PathLike[str]"
 Family: TypeAlias = Literal["auto", "python", "native"]
+Progress: TypeAlias = "Callable[[int, int | None], None]"
+"""What reading a capture reports as it goes: (records read so far, records in all; None
+when the capture does not say)."""
 
 
 class TraceError(PyslabError, ValueError):
@@ -183,6 +202,212 @@ class TraceEvent(NamedTuple):
     """Bytes requested (0 for a free)."""
     align: int | None = None
     """Alignment requested; None: the allocator's default."""
+
+
+# --- compact traces ---------------------------------------------------------------------------
+
+OP_ALLOC: Final = 0
+"""The op code of an allocation in :attr:`CompactTrace.ops`."""
+OP_FREE: Final = 1
+"""The op code of a free."""
+OP_REALLOC: Final = 2
+"""The op code of a realloc."""
+_OP_LETTERS: Final = ("a", "f", "r")
+
+
+@dataclass(eq=False)
+class CompactTrace:
+    """A checked trace as parallel arrays, one entry per event: what replays run from.
+
+    About 17 bytes an event (a :class:`TraceEvent` list takes about 100), and pickled as raw
+    bytes, so that a capture read in a child process comes back at the speed of a copy.
+
+    Build one with :meth:`from_events`, or read a capture (:func:`read_memray_capture`);
+    iterating gives the events back as :class:`TraceEvent` (:meth:`events` as a list).
+    """
+
+    ops: array[int]
+    """``array('B')``: :data:`OP_ALLOC`, :data:`OP_FREE` or :data:`OP_REALLOC`, per event."""
+    blocks: array[int]
+    """``array('q')``: the block of each event as a dense id: block ``k`` is the one the
+    ``k``-th allocation made, so ids run from 0 to ``block_count - 1`` and none is reused (a
+    replay keeps each block's address in a list indexed by it)."""
+    sizes: array[int]
+    """``array('q')``: the bytes an allocation or a realloc asks for; for a free, minus the
+    size of the block freed (its latest request). The sum of a stretch of ``sizes``, less the
+    sizes the reallocs in it replaced (:attr:`realloc_old`), is how much the bytes requested by
+    live blocks changed over it."""
+    block_count: int
+    """Allocations in the trace: the number of dense ids."""
+    realloc_at: array[int] = field(default_factory=lambda: array("q"))
+    """``array('q')``: the index of each realloc, ascending."""
+    realloc_old: array[int] = field(default_factory=lambda: array("q"))
+    """``array('q')``: the size of the block before each realloc of :attr:`realloc_at`."""
+    final_blocks: array[int] = field(default_factory=lambda: array("q"))
+    """``array('q')``: the blocks live after the last event."""
+    final_sizes: array[int] = field(default_factory=lambda: array("q"))
+    """``array('q')``: the sizes of :attr:`final_blocks`."""
+    aligns: array[int] | None = None
+    """None when no event asks for an alignment; else ``array('q')``, per event, the
+    alignment asked for (0: the allocator's default)."""
+    labels: array[int] | None = None
+    """None when each block's id in the source is its dense id (memray captures); else
+    ``array('q')``, per dense id, the block's id in the source trace (a plain trace may reuse
+    an id once its block is freed)."""
+
+    @classmethod
+    def from_events(cls, events: Iterable[TraceEvent]) -> CompactTrace:
+        """The compact form of ``events``.
+
+        Raises:
+            WorkloadError: an event frees or reallocates a block that is not live, allocates
+                a live one, or is not ``a``, ``f`` or ``r`` (:func:`parse_trace` refuses such
+                traces, naming the line).
+
+        Complexity: O(events); one dict entry per live block.
+        """
+        ops, blocks, sizes = array("B"), array("q"), array("q")
+        aligns, labels = array("q"), array("q")
+        realloc_at, realloc_old = array("q"), array("q")
+        live: dict[int, int] = {}  # source id -> dense id
+        size_of: list[int] = []  # dense id -> latest size
+        aligned = False
+        for index, (op, block, size, align) in enumerate(events):
+            if op == "a":
+                if block in live:
+                    raise WorkloadError(
+                        f"event {index + 1:,} allocates block {block}, which is live"
+                    )
+                dense = len(size_of)
+                live[block] = dense
+                size_of.append(size)
+                labels.append(block)
+                ops.append(OP_ALLOC)
+                sizes.append(size)
+            elif op in ("f", "r"):
+                found = live.get(block)
+                if found is None:
+                    what = "frees" if op == "f" else "reallocates"
+                    raise WorkloadError(
+                        f"event {index + 1:,} {what} block {block}, which is not live"
+                    )
+                dense = found
+                if op == "f":
+                    del live[block]
+                    ops.append(OP_FREE)
+                    sizes.append(-size_of[dense])
+                else:
+                    realloc_at.append(index)
+                    realloc_old.append(size_of[dense])
+                    size_of[dense] = size
+                    ops.append(OP_REALLOC)
+                    sizes.append(size)
+            else:
+                raise WorkloadError(f"event {index + 1:,} is {op!r}: not 'a', 'f' or 'r'")
+            blocks.append(dense)
+            if align is None:
+                aligns.append(0)
+            else:
+                aligns.append(align)
+                aligned = True
+        count = len(size_of)
+        return cls(
+            ops, blocks, sizes, count, realloc_at, realloc_old,
+            array("q", live.values()), array("q", (size_of[b] for b in live.values())),
+            aligns if aligned else None,
+            None if labels == array("q", range(count)) else labels,
+        )
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def __iter__(self) -> Iterator[TraceEvent]:
+        """The events, as :class:`TraceEvent`, with the block ids of the source."""
+        for index in range(len(self.ops)):
+            yield self.event(index)
+
+    def events(self) -> list[TraceEvent]:
+        """Every event, as a list. Complexity: O(events), about 100 bytes an event."""
+        return list(self)
+
+    def event(self, index: int) -> TraceEvent:
+        """The event at ``index`` (0-based), with its block id in the source. Raises:
+        IndexError."""
+        op = self.ops[index]
+        block = self.blocks[index]
+        align = 0 if self.aligns is None else self.aligns[index]
+        return TraceEvent(
+            _OP_LETTERS[op],
+            block if self.labels is None else self.labels[block],
+            0 if op == OP_FREE else self.sizes[index],
+            align or None,
+        )
+
+    def describe(self, index: int) -> str:
+        """The event at ``index`` as the plain format writes it, ``a 7 24`` (a free: ``f 7 0``)."""
+        op, block, size, align = self.event(index)
+        return f"{op} {block} {size}" + ("" if align is None else f" {align}")
+
+    @property
+    def allocs(self) -> int:
+        """Allocation events. Complexity: O(events), at the speed of a memory scan."""
+        return self.ops.count(OP_ALLOC)
+
+    @property
+    def frees(self) -> int:
+        """Free events."""
+        return self.ops.count(OP_FREE)
+
+    @property
+    def reallocs(self) -> int:
+        """Realloc events."""
+        return len(self.realloc_at)
+
+    def requested_bytes(self, largest: int, points: Sequence[int]) -> list[int]:
+        """The bytes requested by live blocks of at most ``largest`` bytes, after each event
+        count in ``points`` (ascending, each at most ``len(self)``).
+
+        A series of the trace alone, the same under every configuration: a replay takes its
+        samples from here instead of keeping the count on every call.
+
+        Complexity: O(events) at the speed of ``sum`` over an array when no size is above
+        ``largest``, a Python loop over the events otherwise.
+        """
+        sizes = self.sizes
+        if max(sizes, default=0) <= largest and max(self.realloc_old, default=0) <= largest:
+            replaced = list(itertools.accumulate(self.realloc_old, initial=0))
+            out: list[int] = []
+            total = low = 0
+            for point in points:
+                total += sum(sizes[low:point])
+                low = point
+                out.append(total - replaced[bisect.bisect_left(self.realloc_at, point)])
+            return out
+        return self._requested_slowly(largest, points)
+
+    def _requested_slowly(self, largest: int, points: Sequence[int]) -> list[int]:
+        old = dict(zip(self.realloc_at, self.realloc_old, strict=True))
+        ops, sizes = self.ops, self.sizes
+        out: list[int] = []
+        total = low = 0
+        for point in points:
+            for index in range(low, point):
+                size = sizes[index]
+                op = ops[index]
+                if op == OP_ALLOC:
+                    if size <= largest:
+                        total += size
+                elif op == OP_FREE:
+                    if -size <= largest:
+                        total += size
+                else:
+                    before = old[index]
+                    total += (size if size <= largest else 0) - (
+                        before if before <= largest else 0
+                    )
+            low = point
+            out.append(total)
+        return out
 
 
 # --- the plain format -------------------------------------------------------------------------
@@ -447,22 +672,44 @@ def record_workload(workload: Workload, ops: int, seed: int) -> list[TraceEvent]
 
 
 class TraceWorkload(Workload):
-    """Replays a checked sequence of events (from :func:`read_trace` or a capture).
+    """Replays a checked trace: events (from :func:`read_trace`) or a :class:`CompactTrace`
+    (from a capture), kept in the compact form.
 
     ``ops`` and ``seed`` are ignored: the trace is the whole program.
+    :func:`~pyslab.lab.run_workload` replays it with a loop of its own over the arrays
+    (:func:`~pyslab.lab.harness.replay_trace`); :meth:`run` drives any other heap.
+
+    Raises (on construction): WorkloadError: ``events`` is not a valid trace.
     """
 
     name = "trace"
     description = "replay an allocation trace"
 
-    def __init__(self, events: Sequence[TraceEvent], label: str = "trace") -> None:
-        self.events = events
+    def __init__(
+        self, events: Iterable[TraceEvent] | CompactTrace, label: str = "trace"
+    ) -> None:
+        self.trace: Final = (
+            events if isinstance(events, CompactTrace) else CompactTrace.from_events(events)
+        )
         self._label = label
 
     @property
     def label(self) -> str:
         """The trace's name (its file name, for the CLI)."""
         return self._label
+
+    @property
+    def events(self) -> list[TraceEvent]:
+        """The events, as a list (built on each access: O(events))."""
+        return self.trace.events()
+
+    def cannot_serve(self, index: int, error: BaseException) -> MemoryError:
+        """The error for the event at ``index`` (0-based) the heap could not serve: it names
+        the trace, the event (1-based) and its request."""
+        return MemoryError(
+            f"{self._label}: event {index + 1:,} ({self.trace.describe(index)!r}) cannot be "
+            f"served: {error or 'out of memory'}"
+        )
 
     def run(self, heap: WorkloadHeap, ops: int, seed: int) -> None:
         """Issue every event in order.
@@ -473,24 +720,24 @@ class TraceWorkload(Workload):
 
         Complexity: O(events).
         """
-        blocks: dict[int, int] = {}  # trace id -> heap block id
+        trace = self.trace
+        handles = [0] * trace.block_count  # dense id -> heap block id
         alloc, free, realloc = heap.alloc, heap.free, heap.realloc
-        number = 0
+        aligns = trace.aligns
+        index = 0
         try:
-            for number, (op, block, size, align) in enumerate(self.events, start=1):  # noqa: B007
-                if op == "a":
-                    blocks[block] = alloc(size, align)
-                elif op == "f":
-                    free(blocks.pop(block))
+            for index, (op, block, size) in enumerate(
+                zip(trace.ops, trace.blocks, trace.sizes, strict=True)
+            ):
+                align = None if aligns is None else aligns[index] or None
+                if op == OP_ALLOC:
+                    handles[block] = alloc(size, align)
+                elif op == OP_FREE:
+                    free(handles[block])
                 else:
-                    realloc(blocks[block], size, align)
+                    realloc(handles[block], size, align)
         except MemoryError as error:
-            op, block, size, align = self.events[number - 1]
-            request = f"{op} {block} {size}" + ("" if align is None else f" {align}")
-            raise MemoryError(
-                f"{self._label}: event {number:,} ({request!r}) cannot be served: "
-                f"{error or 'out of memory'}"
-            ) from None
+            raise self.cannot_serve(index, error) from None
 
 
 # --- memray captures --------------------------------------------------------------------------
@@ -539,10 +786,17 @@ class CaptureSummary:
 
 @dataclass
 class Capture:
-    """The events of a capture and the summary of the conversion."""
+    """What a capture became: its events as a :class:`CompactTrace`, and the summary of the
+    conversion."""
 
-    events: list[TraceEvent]
+    trace: CompactTrace
     summary: CaptureSummary
+
+    @cached_property
+    def events(self) -> list[TraceEvent]:
+        """The events as a list of :class:`TraceEvent` (built on first access: about 100
+        bytes an event; replays and conversions use :attr:`trace`)."""
+        return self.trace.events()
 
 
 _PYTHON_FAMILY: Final = frozenset({"PYMALLOC_MALLOC", "PYMALLOC_CALLOC", "PYMALLOC_REALLOC"})
@@ -554,9 +808,10 @@ _NATIVE_FAMILY: Final = frozenset({
 
 def read_memray_capture(
     path: StrPath, *, allocators: Family = "auto", max_size: int = 1024,
-    accept_partial: bool = False,
+    accept_partial: bool = False, progress: Progress | None = None,
 ) -> Capture:
-    """Turn a memray capture into checked events (rules in the module docstring).
+    """Turn a memray capture into checked events (rules in the module docstring), read once
+    with memray's ``FileReader`` straight into a :class:`CompactTrace`.
 
     Args:
         allocators: ``"python"``, ``"native"``, or ``"auto"``: python when the capture was
@@ -566,6 +821,8 @@ def read_memray_capture(
         accept_partial: read a capture that is cut short, damaged or unfinished up to the
             last record memray can read, instead of raising :class:`PartialCaptureError`
             (:attr:`CaptureSummary.announced` then tells how many records it should hold).
+        progress: called with (records read, records to read) once memray's first pass has
+            counted them, then every 65,536 records and at the end.
 
     Raises:
         PartialCaptureError: the capture holds another number of readable records than its
@@ -582,8 +839,23 @@ def read_memray_capture(
         PyslabWarning: the header is of a memray file format version whose layout pyslab does
             not know, so the capture's completeness cannot be checked.
 
-    Complexity: O(records); one dict entry per live kept address.
+    Complexity: O(records), about 17 bytes an event; one dict entry per live kept address.
+    memray's reader makes two passes (its ``FileReader`` counts the records first), the
+    second one yielding a Python object per record: that pass is most of the time.
     """
+    return _read_memray_capture(path, allocators, max_size, accept_partial, progress, None)
+
+
+Sink: TypeAlias = "Callable[[array[int], array[int], array[int], int, int], None]"
+"""Where a reading hands on events as soon as they are final: ``(ops, blocks, sizes, start,
+end)``, the events ``start`` to ``end`` (excluded) of the arrays being filled."""
+
+
+def _read_memray_capture(
+    path: StrPath, allocators: Family, max_size: int, accept_partial: bool,
+    progress: Progress | None, sink: Sink | None,
+) -> Capture:
+    """:func:`read_memray_capture`, handing the events to ``sink`` as they become final."""
     if allocators not in ("auto", "python", "native"):
         raise ValueError(f"allocators must be 'auto', 'python' or 'native', not {allocators!r}")
     if type(max_size) is not int or not 0 < max_size <= MAX_SIZE:
@@ -605,7 +877,8 @@ def read_memray_capture(
     set_log_level(logging.CRITICAL)
     try:
         return _read_capture(
-            memray, source, allocators, max_size, accept_partial, version, announced
+            memray, source, allocators, max_size, accept_partial, version, announced, progress,
+            sink,
         )
     finally:
         set_log_level(logging.WARNING)  # memray's default
@@ -613,83 +886,225 @@ def read_memray_capture(
 
 def read_memray_capture_isolated(
     path: StrPath, *, allocators: Family = "auto", max_size: int = 1024,
-    accept_partial: bool = False,
+    accept_partial: bool = False, progress: Progress | None = None,
 ) -> Capture:
     """:func:`read_memray_capture` in a child process, so that a damaged capture that crashes
     memray's native reader (a segmentation fault or an abort, seen on single flipped bytes,
     even among records memray counts as readable) becomes a :class:`TraceError`, not the end
-    of this process.
+    of this process. The arrays come back as raw bytes (:class:`CaptureReader`).
 
     Args and Raises: as :func:`read_memray_capture` (its warnings are warned again here), and
         TraceError when the child dies of a signal or fails in another way.
 
-    Complexity: that of :func:`read_memray_capture`, plus starting Python and pickling the
-    events.
+    Complexity: that of :func:`read_memray_capture`, plus starting Python and copying the
+    arrays.
     """
-    source = os.fspath(path)
-    if not Path(source).is_file():
-        raise FileNotFoundError(f"no such capture: {source!r}")
-    root = str(Path(__file__).resolve().parent.parent.parent)  # the pyslab being run
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        [root, *filter(None, [os.environ.get("PYTHONPATH")])]
-    )}
-    with tempfile.TemporaryDirectory(prefix="pyslab-capture-") as directory:
-        result = Path(directory) / "capture.pickle"
+    with CaptureReader(
+        path, allocators=allocators, max_size=max_size, accept_partial=accept_partial,
+        progress=progress,
+    ) as reader:
+        return reader.finish()
+
+
+class CaptureReader:
+    """A memray capture being read in a child process (see
+    :func:`read_memray_capture_isolated`), whose events can be used while it reads.
+
+    The child converts the capture as :func:`read_memray_capture` does and, after each
+    65,536 records, appends the events that are final to a file, then says so on a pipe;
+    :meth:`more` waits for events and adds them to :attr:`trace`, whose ``ops``, ``blocks``
+    and ``sizes`` grow while the rest of it stays empty until :meth:`finish`. So a replay can
+    run on one core while the capture is read on another
+    (:func:`~pyslab.lab.harness.replay_trace` with ``arriving=reader.more``).
+
+    Use it as a context manager: leaving it ends the child if it still runs.
+
+    Raises (on construction): FileNotFoundError: no such capture; OSError: the child cannot
+        be started.
+    """
+
+    def __init__(
+        self, path: StrPath, *, allocators: Family = "auto", max_size: int = 1024,
+        accept_partial: bool = False, progress: Progress | None = None,
+    ) -> None:
+        self.source: Final = os.fspath(path)
+        if not Path(self.source).is_file():
+            raise FileNotFoundError(f"no such capture: {self.source!r}")
+        self.trace: Final = CompactTrace(array("B"), array("q"), array("q"), 0)
+        """The events arrived so far; complete once :meth:`finish` returns."""
+        self._progress = progress
+        self._directory = tempfile.TemporaryDirectory(prefix="pyslab-capture-")
+        folder = Path(self._directory.name)
+        self._result = folder / "capture.pickle"
+        self._errors = open(folder / "stderr", "w+b")  # noqa: SIM115 (closed in close())
+        data = folder / "events"
+        data.touch()
+        self._data = open(data, "rb")  # noqa: SIM115 (closed in close())
+        self._announced = 0  # events the child has written to the data file
+        self._ended = False
+        self._capture: Capture | None = None
+        root = str(Path(__file__).resolve().parent.parent.parent)  # the pyslab being run
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+            [root, *filter(None, [os.environ.get("PYTHONPATH")])]
+        )}
         code = "import sys; from pyslab.lab.trace import _read_in_child; _read_in_child(sys.argv)"
-        run = subprocess.run(
-            [sys.executable, "-c", code, source, str(allocators), repr(max_size),
-             "1" if accept_partial else "0", str(result)],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            env=env, check=False,
+        # stderr goes to a file: a pipe left unread could fill and stop the child.
+        self._child = subprocess.Popen(
+            [sys.executable, "-c", code, self.source, str(allocators), repr(max_size),
+             "1" if accept_partial else "0", str(self._result), str(data)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=self._errors, env=env,
         )
-        if run.returncode < 0:
+
+    def __enter__(self) -> CaptureReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def more(self, wanted: int) -> int:
+        """Wait until the trace holds at least ``wanted`` events or the reading has ended, and
+        return how many it holds. Fewer than ``wanted``: the reading has ended, and the trace
+        is complete (:meth:`finish` has run).
+
+        Raises: as :meth:`finish`, once the reading has ended.
+        """
+        while len(self.trace) < wanted and not self._ended:
+            self._next_message()
+        if len(self.trace) < wanted:
+            self.finish()
+        return len(self.trace)
+
+    def finish(self) -> Capture:
+        """Wait for the end of the reading and return the capture (its trace is
+        :attr:`trace`, now complete).
+
+        Raises: as :func:`read_memray_capture_isolated`.
+        """
+        if self._capture is not None:
+            return self._capture
+        while not self._ended:
+            self._next_message()
+        returncode = self._child.wait()
+        self._errors.seek(0)
+        stderr = self._errors.read()
+        source = self.source
+        if returncode < 0:
             try:
-                name = signal.Signals(-run.returncode).name
+                name = signal.Signals(-returncode).name
             except ValueError:
-                name = f"signal {-run.returncode}"
+                name = f"signal {-returncode}"
             raise TraceError(
                 source, 0, f"damaged memray capture: memray's reader crashed on it ({name})"
             )
-        if run.returncode != 0 or not result.is_file():
-            lines = run.stderr.decode(errors="replace").strip().splitlines() or ["no message"]
+        if returncode != 0 or not self._result.is_file():
+            lines = stderr.decode(errors="replace").strip().splitlines() or ["no message"]
             raise TraceError(source, 0, f"the capture cannot be read: {lines[-1][:300]}")
-        kind, value, warned = pickle.loads(result.read_bytes())
-    for message in warned:
-        warnings.warn(message, PyslabWarning, stacklevel=2)
-    if kind == "error":
-        raise value
-    capture: Capture = value
-    return capture
+        kind, value, warned = pickle.loads(self._result.read_bytes())
+        for message in warned:
+            warnings.warn(message, PyslabWarning, stacklevel=3)
+        if kind == "error":
+            raise value
+        capture: Capture = value
+        rest = capture.trace
+        trace = self.trace
+        trace.block_count = rest.block_count
+        trace.realloc_at, trace.realloc_old = rest.realloc_at, rest.realloc_old
+        trace.final_blocks, trace.final_sizes = rest.final_blocks, rest.final_sizes
+        self._capture = Capture(trace, capture.summary)
+        return self._capture
+
+    def close(self) -> None:
+        """End the child if it still runs, and remove its files."""
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+        if self._child.stdout is not None:
+            self._child.stdout.close()
+        self._data.close()
+        self._errors.close()
+        self._directory.cleanup()
+
+    def _next_message(self) -> None:
+        """Read one line from the child: ``P DONE TOTAL`` (progress: records read, and to
+        read) or ``E COUNT`` (the data file holds COUNT events); the end of the pipe ends the
+        reading."""
+        assert self._child.stdout is not None
+        line = self._child.stdout.readline()
+        if not line:
+            self._ended = True
+            return
+        kind, _, rest = line.decode("ascii", "replace").strip().partition(" ")
+        if kind == "E" and rest.isdigit():
+            self._take(int(rest))
+        elif kind == "P" and self._progress is not None:
+            done, _, total = rest.partition(" ")
+            if done.isdigit():
+                self._progress(int(done), int(total) if total.isdigit() else None)
+
+    def _take(self, count: int) -> None:
+        """Add the events the data file holds up to ``count`` to :attr:`trace`."""
+        new = count - self._announced
+        self._announced = count
+        trace = self.trace
+        trace.ops.fromfile(self._data, new)
+        trace.blocks.fromfile(self._data, new)
+        trace.sizes.fromfile(self._data, new)
 
 
 def _read_in_child(argv: list[str]) -> None:
-    """The child of :func:`read_memray_capture_isolated`: ``argv`` is ``[-c, SOURCE,
-    ALLOCATORS, MAX_SIZE, ACCEPT_PARTIAL, RESULT]``; the outcome (the capture, or the error
-    raised) and the warnings go to the pickle file RESULT."""
-    _, source, allocators, max_size, accept, result = argv
-    outcome: tuple[str, object, list[str]]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            capture = read_memray_capture(
-                source, allocators=allocators, max_size=int(max_size),  # type: ignore[arg-type]
-                accept_partial=accept == "1",
-            )
-            outcome = ("capture", capture, [])
-        except (TraceError, ValueError, OSError, ImportError) as error:
-            outcome = ("error", error, [])
-    outcome[2].extend(str(w.message) for w in caught if issubclass(w.category, PyslabWarning))
+    """The child of :class:`CaptureReader`: ``argv`` is ``[-c, SOURCE, ALLOCATORS, MAX_SIZE,
+    ACCEPT_PARTIAL, RESULT, DATA]``. The events go to the file DATA as they become final
+    (each stretch as its ops, blocks and sizes, raw), each followed by an ``E COUNT`` line on
+    stdout, with ``P DONE TOTAL`` lines for the progress; at the end, the outcome (the capture
+    without those three arrays, or the error raised) and the warnings go to the pickle file
+    RESULT."""
+    _, source, allocators, max_size, accept, result, data = argv
+    out = sys.stdout
+
+    def report(done: int, total: int | None) -> None:
+        out.write(f"P {done} {'' if total is None else total}\n")
+        out.flush()
+
+    with open(data, "wb", buffering=0) as events:
+
+        def sink(
+            ops: array[int], blocks: array[int], sizes: array[int], start: int, end: int
+        ) -> None:
+            for column in (ops, blocks, sizes):
+                events.write(memoryview(column)[start:end])
+            out.write(f"E {end}\n")
+            out.flush()
+
+        outcome: tuple[str, object, list[str]]
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                capture = _read_memray_capture(
+                    source, allocators, int(max_size),  # type: ignore[arg-type]
+                    accept == "1", report, sink,
+                )
+                trace = capture.trace
+                # The events went through DATA: the result carries the rest.
+                trace.ops, trace.blocks, trace.sizes = array("B"), array("q"), array("q")
+                outcome = ("capture", capture, [])
+            except (TraceError, ValueError, OSError, ImportError) as error:
+                outcome = ("error", error, [])
+        outcome[2].extend(
+            str(w.message) for w in caught if issubclass(w.category, PyslabWarning)
+        )
     Path(result).write_bytes(pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL))
 
 
 def _read_capture(
     memray: ModuleType, source: str, allocators: Family, max_size: int, accept_partial: bool,
-    version: int | None, announced: int | None,
+    version: int | None, announced: int | None, progress: Progress | None, sink: Sink | None,
 ) -> Capture:
     """:func:`read_memray_capture` once the header is read. Raises: as it does."""
     # memray's reader is native code reading untrusted bytes: whatever it raises (OSError,
     # UnicodeDecodeError, KeyError, ValueError... all seen on damaged captures) means that
     # the file cannot be read, and becomes a TraceError naming the file.
+    if progress is not None:
+        progress(0, announced or None)  # memray's first pass, which counts the records, runs now
     try:
         reader = memray.FileReader(source)
     except Exception as exc:  # see above
@@ -724,8 +1139,10 @@ def _read_capture(
             raise _partial(source, readable, announced)
         family = ("python" if traced else "native") if allocators == "auto" else allocators
         # Never past what the first pass read: memray's reader can crash past a damaged record.
-        records = _guarded(itertools.islice(reader.get_allocation_records(), readable), source)
-        capture = _convert(records, family, max_size)
+        capture = _convert(
+            memray, reader.get_allocation_records(), readable, family, max_size, source, progress,
+            sink,
+        )
     finally:
         reader.close()
     capture.summary.announced = announced
@@ -756,24 +1173,6 @@ def _partial(source: str, records: int, announced: int) -> PartialCaptureError:
 def _reason(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
-
-
-def _guarded(records: Iterable[AllocationRecord], source: str) -> Iterator[AllocationRecord]:
-    """``records``, with whatever memray raises while reading them as a TraceError."""
-    iterator = iter(records)
-    count = 0
-    while True:
-        try:
-            record = next(iterator)
-        except StopIteration:
-            return
-        except Exception as exc:  # see _read_capture
-            raise TraceError(
-                source, 0, f"damaged memray capture: memray fails after {count:,} records "
-                f"({_reason(exc)})",
-            ) from None
-        count += 1
-        yield record
 
 
 _HEADER_MAGIC: Final = b"memray\0"
@@ -856,53 +1255,130 @@ def _lz4_start(frame: bytes, want: int) -> bytes | None:
     return bytes(out[:want]) if len(out) >= want else None
 
 
-def _convert(records: Iterable[AllocationRecord], family: str, max_size: int) -> Capture:
-    import memray
+_CHUNK: Final = 1 << 16
+"""Records converted between two progress reports."""
 
-    names = {int(kind): kind.name for kind in memray.AllocatorType}
-    allocating = _PYTHON_FAMILY if family == "python" else _NATIVE_FAMILY
-    freeing = "PYMALLOC_FREE" if family == "python" else "FREE"
-    reallocating = "PYMALLOC_REALLOC" if family == "python" else "REALLOC"
-    summary = CaptureSummary(family=family)
-    events: list[TraceEvent] = []
+_FIELDS: Final = attrgetter("tid", "address", "size", "allocator")
+"""The fields of a memray ``AllocationRecord`` that a conversion reads, in one C call."""
+
+
+def _convert(
+    memray: ModuleType, records: Iterable[object], readable: int, family: str, max_size: int,
+    source: str, progress: Progress | None, sink: Sink | None = None,
+) -> Capture:
+    """The capture of at most ``readable`` memray ``records`` (rules in the module docstring).
+
+    One pass, straight into arrays: no object is kept per record, so the cyclic collector,
+    which a list of millions of tuples would set off again and again, has nothing to scan.
+    Every record is counted without a counter of its own: a record is used or skipped, and
+    the used ones are the events, less the implied frees, plus the frees a realloc joined.
+
+    After each stretch of records, the events before the oldest free still waiting for its
+    thread's next record (which may make it a realloc) are final, and go to ``sink``.
+
+    Raises: TraceError: memray fails while reading (named with the records read before).
+    """
+    codes = {kind.name: int(kind) for kind in memray.AllocatorType}
+    allocating = frozenset(
+        codes[name] for name in (_PYTHON_FAMILY if family == "python" else _NATIVE_FAMILY)
+        if name in codes
+    )
+    freeing = codes["PYMALLOC_FREE" if family == "python" else "FREE"]
+    reallocating = codes["PYMALLOC_REALLOC" if family == "python" else "REALLOC"]
+    alloc_op, free_op, realloc_op = OP_ALLOC, OP_FREE, OP_REALLOC
+    ops, blocks, sizes = array("B"), array("q"), array("q")
+    realloc_at, realloc_old = array("q"), array("q")
+    put_op, put_block, put_size = ops.append, blocks.append, sizes.append
     ids: dict[int, int] = {}  # live kept address -> block id
-    next_id = 0
-    # tid -> index in ``events`` of the free that thread's previous record emitted: memray
+    take = ids.pop
+    size_of: list[int] = []  # block id -> its latest size
+    new_block = size_of.append
+    # tid -> index in ``ops`` of the free that thread's previous record emitted: memray
     # writes a realloc as that free followed by the realloc record, on the same thread.
-    pending_free: dict[int, int] = {}
-    for record in records:
-        summary.records += 1
-        previous_free = pending_free.pop(record.tid, None)
-        kind = names.get(record.allocator, "?")
-        if kind == freeing:
-            block = ids.pop(record.address, None)
-            if block is None:
-                summary.skip("unknown-address")
-                continue
-            pending_free[record.tid] = len(events)
-            events.append(TraceEvent("f", block))
-            summary.used += 1
-            continue
-        if kind not in allocating:
-            summary.skip("other-allocator")
-            continue
-        if record.size == 0:
-            summary.skip("zero-size")
-            continue
-        if record.size > max_size:
-            summary.skip("too-large")
-            continue
-        stale = ids.pop(record.address, None)
-        if stale is not None:
-            events.append(TraceEvent("f", stale))
-            summary.implied_frees += 1
-        if kind == reallocating and previous_free is not None:
-            block = events[previous_free].block
-            events[previous_free] = TraceEvent("r", block, record.size)
-        else:
-            block = next_id
-            next_id += 1
-            events.append(TraceEvent("a", block, record.size))
-        ids[record.address] = block
-        summary.used += 1
-    return Capture(events, summary)
+    pending: dict[int, int] = {}
+    unknown = other = zero = large = implied = joined = 0
+    iterator = iter(records)
+    sent = 0  # events handed to sink
+    if progress is not None:
+        progress(0, readable)
+    try:
+        for start in range(0, readable, _CHUNK):
+            chunk = itertools.islice(iterator, min(_CHUNK, readable - start))
+            for tid, address, size, kind in map(_FIELDS, chunk):
+                previous = pending.pop(tid, -1) if pending else -1
+                if kind == freeing:
+                    block = take(address, -1)
+                    if block < 0:
+                        unknown += 1
+                        continue
+                    pending[tid] = len(ops)
+                    put_op(free_op)
+                    put_block(block)
+                    put_size(-size_of[block])
+                    continue
+                if kind not in allocating:
+                    other += 1
+                    continue
+                if size == 0:
+                    zero += 1
+                    continue
+                if size > max_size:
+                    large += 1
+                    continue
+                stale = take(address, -1)
+                if stale >= 0:
+                    put_op(free_op)
+                    put_block(stale)
+                    put_size(-size_of[stale])
+                    implied += 1
+                if kind == reallocating and previous >= 0:
+                    block = blocks[previous]
+                    ops[previous] = realloc_op
+                    sizes[previous] = size
+                    realloc_at.append(previous)
+                    realloc_old.append(size_of[block])
+                    size_of[block] = size
+                    joined += 1
+                else:
+                    block = len(size_of)
+                    new_block(size)
+                    put_op(alloc_op)
+                    put_block(block)
+                    put_size(size)
+                ids[address] = block
+            if sink is not None:
+                final = min(pending.values(), default=len(ops))
+                if final > sent:
+                    sink(ops, blocks, sizes, sent, final)
+                    sent = final
+            if progress is not None:
+                progress(min(start + _CHUNK, readable), readable)
+    except MemoryError:
+        raise
+    except Exception as exc:  # see _read_capture
+        count = len(ops) - implied + joined + unknown + other + zero + large
+        raise TraceError(
+            source, 0, f"damaged memray capture: memray fails after {count:,} records "
+            f"({_reason(exc)})",
+        ) from None
+    summary = CaptureSummary(family=family)
+    summary.used = len(ops) - implied + joined
+    summary.records = summary.used + unknown + other + zero + large
+    summary.implied_frees = implied
+    for reason, count in (("other-allocator", other), ("too-large", large),
+                          ("unknown-address", unknown), ("zero-size", zero)):
+        if count:
+            summary.skipped[reason] = count
+    if len(realloc_at) > 1 and any(a > b for a, b in itertools.pairwise(realloc_at)):
+        # Threads' realloc pairs can end out of order: sort the pairs by index.
+        ordered = sorted(zip(realloc_at, realloc_old, strict=True))
+        realloc_at = array("q", (index for index, _ in ordered))
+        realloc_old = array("q", (old for _, old in ordered))
+    if sink is not None and len(ops) > sent:
+        sink(ops, blocks, sizes, sent, len(ops))
+    live = array("q", ids.values())
+    trace = CompactTrace(
+        ops, blocks, sizes, len(size_of), realloc_at, realloc_old, live,
+        array("q", (size_of[block] for block in live)),
+    )
+    return Capture(trace, summary)
