@@ -86,6 +86,39 @@ indexed, so a list a handler emptied, or a slab it released, is never reported n
 Layouts (one table per alignment asked) are built in a few steps, one per class, and published
 in one store: a handler that needs the same table meanwhile builds its own, which is the same.
 
+Out of memory (any Python allocation failing, the interpreter's own included): every call
+succeeds or raises ``MemoryError`` with the allocator consistent, by three techniques.
+
+- *Compute, then commit* (``alloc``): every new value and record (the user address, the
+  record, the sites, the memory views of the zones to paint, made before the first write) is
+  made, and every dict entry inserted, before anything is written; the commit is dict
+  deletions and stores through those views (``view[:] = data``), which allocate nothing.
+- *Undo on error* (``alloc``, ``free``): when the commit of an allocation fails, the slot goes
+  back to the layer below untouched; when that fails too (it needs memory as well), the slot
+  is *parked*: stored into a list slot reserved before the block was taken (a store allocates
+  nothing), counted in ``cached_slots`` like the quarantine, and given back by the next
+  ``flush`` (``shrink``, ``close``, ``set_policy``); a parked large block is counted by the
+  heap as a live large block until then. ``free`` copies the slot's bytes, enters the freed
+  block in its books (dict insertions, which fail before they insert), poisons the slot and
+  lets the layer below free it; if that raises, having changed nothing, the bytes are written
+  back and the entries deleted: the block is live, intact and freeable, as before the call. It
+  leaves the books only once freed. A red-zone report makes its message and quarantine entry
+  before the block leaves the books.
+- *Never raise after the work is done*: ``slab_removed`` (the core goes on releasing the slab)
+  forgets what it can of the blocks freed in the slab, and the next ``slab_added`` sweeps what
+  it could not; deferred frees that cannot be carried out for want of memory wait for the end
+  of the next call; the red zones and poison are written through memory views rather than
+  ``ctypes`` (whose calls need memory for their arguments).
+
+A ``MemoryError`` of ``alloc`` names the request as the caller made it (``alloc(24,
+align=8)``), not the size with red zones asked of the layer below (the cause chained to it
+does). No lock is held by a ``with`` block or a ``finally``: a cleanup late in a function makes
+CPython (3.11 to 3.13) retry forever when memory is gone and it must push the instruction's
+offset as an int (see "Out of memory" in :mod:`pyslab.core.guard`); the locked regions keep
+their handlers short and release the lock in straight-line code, as the core does, and calls
+that cannot get a frame (CPython's ``SystemError`` "error return without exception set") are
+reported as ``MemoryError``.
+
 Composition: put ``debug`` last among the front ends (``thread-cache+debug``), so that every
 block passes through it. Under another front end (``debug+thread-cache``) blocks reach the
 caller without passing through ``debug`` (the cache takes and returns slots in batches), so
@@ -109,11 +142,10 @@ bytes, the traceback of the allocation with ``tracemalloc``).
 
 from __future__ import annotations
 
-import ctypes
 import sys
 import traceback
 import warnings
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
@@ -152,6 +184,12 @@ _DEAD: Final = bytes([POISON_BYTE])
 _FORBIDDEN: Final = bytes([REDZONE_BYTE])
 _REMEMBERED_LARGE: Final = 4096
 """Freed large debug blocks remembered to call a second free a double free (as the core)."""
+_ALL: Final = slice(None)
+"""``view[_ALL] = data`` writes memory through a view made beforehand, allocating nothing."""
+_NO_EXCEPTION_SET: Final = "without exception set"
+"""What CPython's ``SystemError`` says when a call could not get a frame (out of memory)."""
+_FRAME_FAILURE: Final = "out of memory: a call could not get a frame"
+"""The message of the ``MemoryError`` raised in its place."""
 
 Site: TypeAlias = "tuple[tuple[CodeType, int], ...]"
 """A recorded stack: (code object, line) per frame, innermost first."""
@@ -316,10 +354,20 @@ class Debug(Policy):
         self._quarantine: dict[int, QuarantinedBlock] = {}
         """Slot start (or large block) -> its quarantine record."""
         self._quarantined_users: dict[int, QuarantinedBlock] = {}
+        self._parked: list[int] = [0]
+        """Slot starts (or large blocks) an allocation took from the layer below and could
+        give neither to its caller nor back (out of memory): held, counted as cached, given
+        back by ``flush``. Zeros are empty entries; the list ends with one whenever an
+        allocation is under way, so that parking is a store (see "Out of memory")."""
+        self._freed_leftovers = False
+        """True when a released slab's entries in ``_freed`` could not all be forgotten (out
+        of memory): the next ``slab_added`` sweeps them."""
         self._leads: set[int] = set()
         """Every leading red-zone size used so far (one per alignment asked)."""
         largest = max(c.slot_size for c in heap.size_classes)
-        self._poison_pattern = memoryview(_DEAD * largest)
+        self._poison_pattern = memoryview(_DEAD * max(largest, heap.slab_size))
+        """Poison for any slot or slab, written through memory views (not ``ctypes``, whose
+        calls need memory for their arguments and say so with ``ctypes.ArgumentError``)."""
         self._redzone_pattern = memoryview(_FORBIDDEN * largest)
 
     def unbind(self) -> None:
@@ -333,29 +381,53 @@ class Debug(Policy):
         self._freed_large = OrderedDict()
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Index the slab; poison its free slots (all of a new slab). Complexity: O(slab)."""
+        """Poison the slab's free slots (all of a new slab), then index it: out of memory, the
+        slab is not indexed (the core then does not list it). Complexity: O(slab)."""
+        if self._freed_leftovers:
+            self._sweep_freed()
+        if self._poisoning:
+            self._poison_free_slots(slab)
         self._index.add(slab)
-        if not self._poisoning:
-            return
-        slot = slab.slot_size
+
+    def _poison_free_slots(self, slab: MemorySlab) -> None:
+        slot, poison = slab.slot_size, self._poison_pattern
         if slab.bump == slab.first and not slab.free:
-            ctypes.memset(slab.first, POISON_BYTE, slab.end - slab.first)
+            BYTES[slab.first : slab.end] = poison[: slab.end - slab.first]
             return
         # A slab of a live allocator: its free slots hold whatever was there. Walk its list as
         # far as it is sound (check() and the allocations report a corrupted one).
         for node in self._sound_free_list(slab):
-            ctypes.memset(node + WORD_SIZE, POISON_BYTE, slot - WORD_SIZE)
+            BYTES[node + WORD_SIZE : node + slot] = poison[: slot - WORD_SIZE]
         if slab.bump < slab.end:
-            ctypes.memset(slab.bump, POISON_BYTE, slab.end - slab.bump)
+            BYTES[slab.bump : slab.end] = poison[: slab.end - slab.bump]
 
     def slab_removed(self, size_class: SizeClass, slab: MemorySlab) -> None:
-        """Forget the slab and the blocks freed in it. Complexity: O(slots of the slab)."""
+        """Forget the slab (a deletion, first) and the blocks freed in it. Raises nothing for
+        want of memory, since the core goes on releasing the slab: the entries of its slots
+        that could not be forgotten are swept at the next ``slab_added``, before any new slab
+        can hold those addresses. Complexity: O(slots of the slab)."""
         self._index.remove(slab)
         freed, sites = self._freed, self._freed_sites
         if freed:
-            for address in slab.slot_addresses():
+            leftovers = self._freed_leftovers
+            self._freed_leftovers = True  # until every entry of the slab is gone
+            try:
+                for address in slab.slot_addresses():
+                    freed.pop(address, None)
+                    sites.pop(address, None)
+            except MemoryError:
+                return
+            self._freed_leftovers = leftovers
+
+    def _sweep_freed(self) -> None:
+        """Forget the entries of ``_freed`` whose slot lies in no indexed slab (left by a
+        ``slab_removed`` that ran out of memory). Complexity: O(freed slots)."""
+        freed, sites, owner = self._freed, self._freed_sites, self._index.owner
+        for address in list(freed):
+            if owner(address) is None:
                 freed.pop(address, None)
                 sites.pop(address, None)
+        self._freed_leftovers = False
 
     def frontend(self, inner: BlockOperations) -> BlockOperations:
         """Wrap the layer below with the checks (see the module documentation)."""
@@ -376,12 +448,39 @@ class Debug(Policy):
     # --- what the heap asks ----------------------------------------------------------------------
 
     def cached_blocks(self) -> Mapping[int, int]:
-        """Quarantined slab slots per slot size: held by the policy, never handed out."""
+        """Quarantined and parked slab slots per slot size: held by the policy (a parked
+        large block is counted by the heap as a live large block)."""
         counts: dict[int, int] = {}
         for block in list(self._quarantine.values()):  # a copy: a handler may add one
             if block.in_slab:
                 counts[block.span] = counts.get(block.span, 0) + 1
+        for address in list(self._parked):
+            slab = self._index.owner(address) if address else None
+            if slab is not None:
+                counts[slab.slot_size] = counts.get(slab.slot_size, 0) + 1
         return counts
+
+    def flush(self) -> None:
+        """Give back to the layer below every parked block (``close``, ``shrink``,
+        ``set_policy``). Lock held.
+
+        Raises:
+            PyslabError: from inside another call of this front end.
+            MemoryError: out of memory; the blocks not given back stay parked.
+
+        Complexity: O(parked blocks).
+        """
+        front, parked = self._front, self._parked
+        if front is None or not any(parked):
+            return
+        if front._busy:
+            raise PyslabError("a flush cannot run inside another call of the debug policy")
+        for index, address in enumerate(list(parked)):
+            if address:
+                front._free_below(address)
+                parked[index] = 0  # a store: allocates nothing
+        with suppress(MemoryError):  # else the zeros stay: empty entries
+            del parked[1:]
 
     def exclusive_blocks(self) -> int:
         """Live debug blocks: their addresses lie past a red zone, not at a slot start, so
@@ -404,20 +503,39 @@ class Debug(Policy):
 
         Complexity: O(bytes of every slab + bytes of every live block).
         """
+        lock = self.heap.lock
+        lock.acquire()
+        # Not ``with``, nor try/finally: see "Out of memory" in the module documentation.
+        try:
+            self._check_marked_busy()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        lock.release()
+        if failure is not None:
+            raise failure
+
+    def _check_marked_busy(self) -> None:
+        """:meth:`check` with the front end marked busy. Lock held."""
         front = self._front
-        with self.heap.lock:
-            if front is None:
-                self._check_all()
-                return
-            if front._busy:
-                raise PyslabError("validate() cannot run inside another call of the debug policy")
-            front._busy = True
-            try:
-                self._check_all()
-            finally:
-                front._busy = False
-                if front._backlog:
-                    front._settle()
+        if front is None:
+            self._check_all()
+            return
+        if front._busy:
+            raise PyslabError("validate() cannot run inside another call of the debug policy")
+        front._busy = True
+        try:
+            self._check_all()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        front._busy = False
+        if front._backlog:
+            failure = front._settle_after(failure)
+        if failure is not None:
+            raise failure
 
     def _check_all(self) -> None:
         # Copies of what is walked, as ``list(d)``, ``list(d.values())`` or ``dict(d)``: those
@@ -442,6 +560,10 @@ class Debug(Policy):
             holder = self._index.owner(block.address)
             if block.in_slab and (holder is None or not holder.is_live(block.address)):
                 raise CorruptionError(f"the quarantined slot at {block.address:#x} is not held")
+        for address in list(self._parked):
+            holder = self._index.owner(address) if address else None
+            if holder is not None and not holder.is_live(address):
+                raise CorruptionError(f"the parked slot at {address:#x} is not held")
 
     def _check_slab(self, slab: MemorySlab) -> None:
         """Walk ``slab``'s free list (each node checked before its next pointer is read) and
@@ -698,9 +820,14 @@ class Debug(Policy):
         return None
 
     def _quarantine_block(self, block: QuarantinedBlock) -> None:
+        """Enter ``block`` in the quarantine; out of memory, nothing has changed."""
         self._quarantine[block.address] = block
         if block.user is not None:
-            self._quarantined_users[block.user] = block
+            try:
+                self._quarantined_users[block.user] = block
+            except BaseException:
+                del self._quarantine[block.address]
+                raise
 
     def _isolate(self, slab: MemorySlab, node: int, message: str) -> str:
         """Quarantine the free slot ``node`` (the head of ``slab``'s free list, whose next
@@ -738,8 +865,8 @@ class _DebugOperations:
 
     __slots__ = (
         "_alloc_below", "_backlog", "_busy", "_by_base", "_check_list", "_free_below",
-        "_layouts", "_live", "_lock", "_mask", "_owns_below", "_poison", "_policy", "_record",
-        "_sites", "_tail", "_usable_below",
+        "_layouts", "_live", "_lock", "_mask", "_owns_below", "_parked", "_poison", "_policy",
+        "_record", "_sites", "_tail", "_usable_below",
     )
 
     def __init__(self, policy: Debug, inner: BlockOperations) -> None:
@@ -753,6 +880,7 @@ class _DebugOperations:
         self._mask = policy._mask
         self._live = policy._live
         self._sites = policy._sites
+        self._parked = policy._parked
         self._tail = policy.redzone_size if policy.redzones else 0
         # The switches, read once: the policy is bound, and its frontend() decided poisoning.
         self._poison = policy._poisoning
@@ -764,7 +892,7 @@ class _DebugOperations:
         # ``alloc``, ``free`` or ``check``: a call that finds it set is re-entrant (a signal
         # handler or a finalizer interrupted that call, whose updates may be half done).
         self._busy = False
-        self._backlog: list[int] = []
+        self._backlog: deque[int] = deque()
         """Frees made by re-entrant calls, carried out when the interrupted call ends."""
 
     # --- allocation ------------------------------------------------------------------------------
@@ -773,7 +901,9 @@ class _DebugOperations:
         """Allocate ``size`` bytes between red zones, from a slot whose poison is intact.
 
         Raises:
-            TypeError, ValueError, MemoryError: as ``SlabAllocator.alloc``.
+            TypeError, ValueError, MemoryError: as ``SlabAllocator.alloc``; a MemoryError names
+                the request as the caller made it (``size``, not the size with red zones),
+                and the caller holds no new block.
             CorruptionError: the slot the layer below handed out was written after it was
                 freed, or the free-list pointer it was about to follow is corrupted; the slot
                 is quarantined (see :class:`Debug`).
@@ -785,50 +915,139 @@ class _DebugOperations:
         if layout is None or size <= 0:
             size, layout = self._layout(size, align)
         total = layout[1] + size + self._tail
-        with self._lock:
-            if self._busy:
-                return self._alloc_reentrant(size, layout[0])
-            self._busy = True  # no call between this and the try: its finally always runs
+        lock = self._lock
+        lock.acquire()
+        # Not ``with``, nor try/finally: see "Out of memory" in the module documentation.
+        if self._busy:
             try:
-                below, lead, table = layout
-                policy = self._policy
-                if self._check_list and total < len(table):
-                    size_class = table[total]
-                    if size_class is not None:
-                        self._check_heads(size_class)
+                address = self._alloc_reentrant(size, layout[0])
+            except BaseException as error:
+                failure: BaseException | None = error
+            else:
+                failure = None
+        else:
+            self._busy = True  # no call between this and the try: its handler always runs
+            try:
+                address = self._alloc_locked(size, align, total, layout)
+            except BaseException as error:
+                failure = error
+            else:
+                failure = None
+            self._busy = False
+            if self._backlog:
+                failure = self._settle_after(failure)
+        lock.release()
+        if failure is not None:
+            if type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(_FRAME_FAILURE) from failure
+            raise failure
+        return address
+
+    def _alloc_locked(self, size: int, align: int, total: int, layout: _Layout) -> int:
+        """The body of :meth:`alloc`. Lock held, busy set.
+
+        Everything that can fail after the layer below has served the block comes before the
+        first change (:meth:`_commit_alloc`); if any of it fails, the block goes back to the
+        layer below, untouched, and if even that fails (it needs memory too) it is *parked*:
+        held by the policy in a slot reserved before the block was taken (a store into an
+        existing list slot allocates nothing), counted as cached, given back at ``flush``.
+        """
+        below, lead, table = layout
+        parked = self._parked
+        if parked[-1]:
+            parked.append(0)  # the reserved slot: the list ends with a 0
+        if self._check_list and total < len(table):
+            size_class = table[total]
+            if size_class is not None:
+                self._check_heads(size_class)
+        failure: BaseException
+        # The handlers only store: see "Out of memory" in the module documentation.
+        try:
+            inner = self._alloc_below(total, below)
+        except BaseException as error:
+            failure = error
+        else:
+            try:
+                return self._commit_alloc(inner, size, lead)
+            except BaseException as error:
+                failure = error
+            if inner not in self._policy._quarantine:  # else reported and held: a write after free
                 try:
-                    inner = self._alloc_below(total, below)
-                except MemoryError as error:
-                    raise MemoryError(
-                        f"alloc({size}, align={align}) through the debug policy, which asked for "
-                        f"{total} bytes with its red zones: {error}"
-                    ) from error
-                slab = self._by_base.get(inner & self._mask)
-                if slab is not None:
-                    span = slab.slot_size
-                    if self._poison:
-                        data = BYTES[inner + WORD_SIZE : inner + span].tobytes()
-                        if data.count(_DEAD) != len(data):
-                            self._write_after_free(inner, span)
-                    if policy._freed:
-                        policy._forget_freed(inner)
-                    if self._tail:
-                        BYTES[inner : inner + span] = policy._redzone_pattern[:span]
+                    self._free_below(inner)
+                except BaseException as error:
+                    lost: BaseException | None = error
                 else:
-                    # A large block (or one libc served a re-entrant call): only the zones.
-                    if self._tail:
-                        ctypes.memset(inner, REDZONE_BYTE, lead)
-                        ctypes.memset(inner + lead + size, REDZONE_BYTE, self._tail)
-                    policy._freed_large.pop(inner + lead, None)
-                user = inner + lead
-                self._live[user] = (inner, size)
-                if self._record:
-                    self._sites[user] = _capture(policy.site_depth)
-                return user
-            finally:
-                self._busy = False
-                if self._backlog:
-                    self._settle()
+                    lost = None
+                if lost is not None and (
+                    isinstance(lost, MemoryError)
+                    or (type(lost) is SystemError and _NO_EXCEPTION_SET in str(lost))
+                ):
+                    parked[-1] = inner  # a store into the reserved slot: allocates nothing
+        if isinstance(failure, MemoryError) or (
+            type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure)
+        ):
+            # The request as the caller made it: the red zones are this policy's business.
+            raise MemoryError(f"alloc({size}, align={align}): out of memory") from failure
+        raise failure
+
+    def _commit_alloc(self, inner: int, size: int, lead: int) -> int:
+        """Check the slot the layer below handed out and make it a debug block. Lock held.
+
+        Every new value (the user address, the record, the views of the zones to paint) is
+        made and every dict entry inserted before the first write to memory; from then on
+        nothing allocates (stores into memory views, dict deletions).
+
+        Raises:
+            CorruptionError: the slot was written after it was freed; it is quarantined.
+            Anything else (out of memory): nothing has changed.
+        """
+        policy = self._policy
+        tail = self._tail
+        slab = self._by_base.get(inner & self._mask)
+        user = inner + lead
+        record = (inner, size)
+        site = _capture(policy.site_depth, 4) if self._record else None
+        # The memory to paint and what to paint it with, made before the first change.
+        zone = after = None
+        paint: memoryview | bytes = b""
+        after_paint = b""
+        if slab is not None:
+            span = slab.slot_size
+            if self._poison:
+                data = BYTES[inner + WORD_SIZE : inner + span].tobytes()
+                if data.count(_DEAD) != len(data):
+                    self._write_after_free(inner, span)
+            if tail:
+                zone, paint = BYTES[inner : inner + span], policy._redzone_pattern[:span]
+        elif tail:
+            # A large block (or one libc served a re-entrant call): only the zones.
+            zone, paint = BYTES[inner:user], _FORBIDDEN * lead
+            after, after_paint = BYTES[user + size : user + size + tail], _FORBIDDEN * tail
+        sites = self._sites
+        if site is not None:
+            sites[user] = site
+        try:
+            self._live[user] = record
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None:
+            if site is not None:
+                sites.pop(user, None)
+            raise failure
+        # --- commit: nothing below allocates ---
+        freed = policy._freed
+        if freed:
+            freed.pop(inner, None)
+            policy._freed_sites.pop(inner, None)
+        if slab is None:
+            policy._freed_large.pop(user, None)
+        if zone is not None:
+            zone[_ALL] = paint
+        if after is not None:
+            after[_ALL] = after_paint
+        return user
 
     def _alloc_reentrant(self, size: int, align: int) -> int:
         """``alloc`` from inside another call of this front end on this thread (a signal
@@ -841,38 +1060,73 @@ class _DebugOperations:
         """
         address = self._alloc_below(size, align)
         # What is remembered of a debug block freed at that address goes (one dict operation
-        # each, atomic): a free of the new block must not be taken for a second free of it.
+        # each, atomic, allocating nothing, and no call once the block is taken): a free of
+        # the new block must not be taken for a second free of it.
         policy = self._policy
         if policy._freed:
-            policy._forget_freed(address)
+            policy._freed.pop(address, None)
+            policy._freed_sites.pop(address, None)
         policy._freed_large.pop(address, None)
         return address
+
+    def _settle_after(self, failure: BaseException | None) -> BaseException | None:
+        """Settle the backlog at the end of a call whose own outcome is ``failure`` (None: it
+        succeeded); the error the call is to raise. Lock held, busy clear."""
+        try:
+            self._settle()
+        except BaseException as error:  # only a signal handler's: settling raises nothing else
+            return failure if failure is not None else error
+        return failure
 
     def _settle(self) -> None:
         """Carry out the frees that re-entrant calls deferred, with every check. Lock held,
         busy clear (set again here, so that a handler running meanwhile defers in turn).
 
         An error has no caller left to raise to: it goes to ``Debug.deferred_errors`` and is
-        warned (``PyslabWarning``).
+        warned (``PyslabWarning``). Out of memory, the free it was carrying out left its block
+        live: the address goes back to the head of the backlog, settled at the end of the
+        next call of this front end. Raises nothing but a signal handler's exception.
         """
-        errors: list[PyslabError] = []
+        backlog = self._backlog
+        recorded = self._policy.deferred_errors
+        first = len(recorded)
         self._busy = True
-        try:
-            backlog = self._backlog
-            while backlog:
-                ptr = backlog.pop(0)
+        failure: BaseException | None = None
+        while backlog:
+            ptr = backlog.popleft()  # allocates nothing
+            try:
+                self._free_locked(ptr)
+            except BaseException as error:
+                failure = error
+            else:
+                continue
+            if isinstance(failure, PyslabError):
                 try:
-                    self._free_locked(ptr)
-                except PyslabError as error:
-                    errors.append(error)
-        finally:
-            self._busy = False
-        for failure in errors:
-            self._policy.deferred_errors.append(failure)
-            warnings.warn(
-                f"deferred free through the debug policy failed: {failure}", PyslabWarning,
-                stacklevel=3,
-            )
+                    recorded.append(failure)
+                except MemoryError:
+                    pass
+                else:
+                    failure = None
+                    continue
+            backlog.appendleft(ptr)  # just popped: allocates nothing
+            break
+        self._busy = False
+        if failure is not None and not isinstance(failure, (MemoryError, PyslabError)):
+            raise failure
+        self._warn(recorded, first)
+
+    @staticmethod
+    def _warn(recorded: list[PyslabError], first: int) -> None:
+        """Warn the deferred errors recorded from ``first`` on; out of memory, they stay
+        recorded, unwarned."""
+        try:
+            for failure in recorded[first:]:
+                warnings.warn(
+                    f"deferred free through the debug policy failed: {failure}", PyslabWarning,
+                    stacklevel=5,
+                )
+        except MemoryError:
+            pass
 
     def _layout(self, size: object, align: object) -> tuple[int, _Layout]:
         """Check ``size`` and ``align`` as the core does; build the layout of ``align`` once."""
@@ -977,13 +1231,19 @@ class _DebugOperations:
         raise CorruptionError(message + policy._isolate(slab, node, message))
 
     def _write_after_free(self, inner: int, span: int) -> None:
-        """Quarantine the slot just handed out and raise the report. Lock held."""
+        """Quarantine the slot just handed out and raise the report. Lock held.
+
+        The report and the record are made first, then the quarantine entry is inserted; out
+        of memory before that, nothing has changed."""
         policy = self._policy
         message = policy._poison_damage(inner, span)
         assert message is not None
-        policy._forget_freed(inner)
+        report = message + "; the slot is quarantined (never handed out again)"
         policy._quarantine_block(QuarantinedBlock(inner, span, None, True, message))
-        raise CorruptionError(message + "; the slot is quarantined (never handed out again)")
+        if policy._freed:
+            policy._freed.pop(inner, None)
+            policy._freed_sites.pop(inner, None)
+        raise CorruptionError(report)
 
     # --- freeing ---------------------------------------------------------------------------------
 
@@ -997,32 +1257,54 @@ class _DebugOperations:
             InvalidFreeError: ``ptr`` lies inside a debug block, or is no block of this
                 allocator (reported by the layer below).
             TypeError: as ``SlabAllocator.free``.
+            MemoryError: out of memory; the block is live, its bytes as they were.
             Except for a quarantine, the allocator is unchanged when it raises. Called from
             inside another call of this front end (a signal handler, a finalizer), the free is
             deferred until that call ends, and an error then goes to ``Debug.deferred_errors``.
 
         Complexity: O(slot size).
         """
+        failure: BaseException | None
+        # Not ``with``, nor try/finally: see "Out of memory" in the module documentation.
         if type(ptr) is not int or ptr <= 0:
-            self._free_below(ptr)
-            return
-        with self._lock:
+            try:
+                self._free_below(ptr)
+            except BaseException as error:
+                failure = error
+            else:
+                return
+        else:
+            lock = self._lock
+            lock.acquire()
             if self._busy:
                 # Re-entrant (see alloc): carried out, with every check, when the interrupted
                 # call ends; until then the block stays live.
-                self._backlog.append(ptr)
-                return
-            self._busy = True  # no call between this and the try: its finally always runs
-            try:
-                self._free_locked(ptr)
-            finally:
+                try:
+                    self._backlog.append(ptr)
+                except BaseException as error:
+                    failure = error
+                else:
+                    failure = None
+            else:
+                self._busy = True  # no call between this and the try: its handler always runs
+                try:
+                    self._free_locked(ptr)
+                except BaseException as error:
+                    failure = error
+                else:
+                    failure = None
                 self._busy = False
                 if self._backlog:
-                    self._settle()
+                    failure = self._settle_after(failure)
+            lock.release()
+            if failure is None:
+                return
+        if type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure):
+            raise MemoryError(_FRAME_FAILURE) from failure
+        raise failure
 
     def _free_locked(self, ptr: int) -> None:
         """The body of :meth:`free`, for a positive int. Lock held, busy set."""
-        policy = self._policy
         record = self._live.get(ptr)
         if record is None:
             self._free_unknown(ptr)
@@ -1031,46 +1313,118 @@ class _DebugOperations:
         slab = self._by_base.get(inner & self._mask)
         span = slab.slot_size if slab is not None else ptr - inner + size + self._tail
         if self._tail:
-            message = policy._redzone_damage(ptr, inner, size, span)
+            message = self._policy._redzone_damage(ptr, inner, size, span)
             if message is not None:
                 self._quarantine_live(ptr, inner, span, slab is not None, message)
-        del self._live[ptr]
-        allocated = self._sites.pop(ptr, None) if self._record else None
-        released = _capture(policy.site_depth, 3) if self._record else None
+        self._release(ptr, inner, size, slab, span)
+
+    def _release(
+        self, ptr: int, inner: int, size: int, slab: MemorySlab | None, span: int
+    ) -> None:
+        """Poison the slot of the live debug block ``ptr`` and give it to the layer below.
+        Lock held, busy set.
+
+        Undone on error: every new value, the copy of the slot's bytes and the records of the
+        freed block come first (the records are dict insertions, which fail before they
+        insert); then the poison is written (into views made beforehand: no allocation) and
+        the layer below frees the slot. If that raises, having changed nothing (out of memory,
+        or a refusal), the slot's bytes are written back and the records deleted (neither
+        allocates): the block is live and usable, as it was. The block leaves the books only
+        once it is freed (deletions, allocating nothing).
+        """
+        policy = self._policy
+        record = self._record
+        allocated = self._sites.get(ptr) if record else None
+        released = _capture(policy.site_depth, 4) if record else None
+        target = poison = None
+        saved = b""
         if slab is not None:
+            freed = policy._freed
             if self._poison:
-                BYTES[inner : inner + span] = policy._poison_pattern[:span]
+                target = BYTES[inner : inner + span]
+                saved = target.tobytes()
+                poison = policy._poison_pattern[:span]
             # Before the free: a free that empties the slab may release it (slab_removed).
-            policy._freed[inner] = ptr - inner
-            if self._record:
-                policy._freed_sites[inner] = (ptr, size, allocated, released)
+            freed[inner] = ptr - inner
+            if record:
+                try:
+                    policy._freed_sites[inner] = (ptr, size, allocated, released)
+                except BaseException:
+                    del freed[inner]
+                    raise
+            if target is not None and poison is not None:
+                target[_ALL] = poison
         else:
             remembered = policy._freed_large
-            remembered[ptr] = (ptr, size, allocated, released)
-            if len(remembered) > _REMEMBERED_LARGE:
-                remembered.popitem(last=False)
-        self._free_below(inner)
+            entry = (ptr, size, allocated, released)
+            if len(remembered) >= _REMEMBERED_LARGE:
+                remembered.popitem(last=False)  # the oldest: only error messages name it
+            remembered[ptr] = entry
+        # The handler only stores the error: see "Out of memory" in the module documentation.
+        try:
+            self._free_below(inner)
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None and (
+            isinstance(failure, (MemoryError, PyslabError))
+            or (type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure))
+        ):  # the layer below changed nothing: undo
+            if slab is None:
+                policy._freed_large.pop(ptr, None)
+            else:
+                if target is not None:
+                    target[_ALL] = saved
+                policy._freed.pop(inner, None)
+                policy._freed_sites.pop(inner, None)
+            raise failure
+        self._live.pop(ptr, None)
+        if record:
+            self._sites.pop(ptr, None)
+        if failure is not None:
+            raise failure  # a signal handler's: the free is taken as done
 
     def _quarantine_live(
         self, user: int, inner: int, span: int, in_slab: bool, message: str
     ) -> None:
-        policy = self._policy
-        del self._live[user]
+        """Take the live block ``user``, whose red zones are damaged, out of service and raise
+        the report. The report and the quarantine entries come first (out of memory there,
+        nothing has changed); the block then leaves the books (deletions)."""
+        report = message + "; the block is quarantined (never handed out again)"
+        self._policy._quarantine_block(QuarantinedBlock(inner, span, user, in_slab, message))
+        self._live.pop(user, None)
         self._sites.pop(user, None)
-        policy._quarantine_block(QuarantinedBlock(inner, span, user, in_slab, message))
-        raise CorruptionError(message + "; the block is quarantined (never handed out again)")
+        raise CorruptionError(report)
 
     def _free_unknown(self, ptr: int) -> None:
-        """``free`` of an address that is not a live debug block. Lock held."""
+        """``free`` of an address that is not a live debug block. Lock held.
+
+        A block allocated before the policy was bound has its slot poisoned as any freed
+        one, before the free (which may release the slab), and its bytes written back if the
+        free raises, having changed nothing."""
         error = self._policy._unknown(ptr, "free")
         if error is not None:
             raise error
         slab = self._by_base.get(ptr & self._mask)
-        if self._poison and slab is not None and slab.is_live(ptr):
-            # A block allocated before the policy was bound: poison its slot as any freed one.
-            # Before the free, since a free that empties the slab may release it.
-            BYTES[ptr : ptr + slab.slot_size] = self._policy._poison_pattern[: slab.slot_size]
-        self._free_below(ptr)
+        if not (self._poison and slab is not None and slab.is_live(ptr)):
+            self._free_below(ptr)
+            return
+        span = slab.slot_size
+        target = BYTES[ptr : ptr + span]
+        saved = target.tobytes()
+        target[_ALL] = self._policy._poison_pattern[:span]
+        try:
+            self._free_below(ptr)
+        except BaseException as caught:
+            failure: BaseException = caught
+        else:
+            return
+        if isinstance(failure, (MemoryError, PyslabError)) or (
+            type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure)
+        ):
+            target[_ALL] = saved
+        raise failure
 
     # --- queries ---------------------------------------------------------------------------------
 
@@ -1083,24 +1437,58 @@ class _DebugOperations:
 
         Complexity: O(1).
         """
-        if type(ptr) is int and ptr > 0:
-            with self._lock:
-                record = self._live.get(ptr)
-                if record is not None:
-                    return record[1]
-                error = self._policy._unknown(ptr, "usable_size")
-                if error is not None:
-                    raise error
-        return self._usable_below(ptr)
+        failure: BaseException
+        # Not ``with``, nor try/finally: see "Out of memory" in the module documentation.
+        try:
+            if type(ptr) is int and ptr > 0:
+                lock = self._lock
+                lock.acquire()
+                try:
+                    record = self._live.get(ptr)
+                    error = None if record is not None else self._policy._unknown(
+                        ptr, "usable_size"
+                    )
+                except BaseException as caught:
+                    failure = caught
+                else:
+                    lock.release()
+                    if record is not None:
+                        return record[1]
+                    if error is not None:
+                        raise error
+                    return self._usable_below(ptr)
+                lock.release()
+                raise failure
+            return self._usable_below(ptr)
+        except BaseException as caught:
+            failure = caught
+        if type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure):
+            raise MemoryError(_FRAME_FAILURE) from failure
+        raise failure
 
     def owns(self, ptr: int) -> bool:
         """True when ``ptr`` is a live debug block, or a block of the layer below that is not
         part of a debug block. Complexity: O(1)."""
-        if type(ptr) is not int or ptr <= 0:
-            return self._owns_below(ptr)
-        with self._lock:
-            if ptr in self._live:
-                return True
-            if self._policy._unknown(ptr, "owns") is not None:
-                return False
-            return self._owns_below(ptr)
+        failure: BaseException
+        # Not ``with``, nor try/finally: see "Out of memory" in the module documentation.
+        try:
+            if type(ptr) is not int or ptr <= 0:
+                return self._owns_below(ptr)
+            lock = self._lock
+            lock.acquire()
+            try:
+                owned: bool | None = True if ptr in self._live else (
+                    None if self._policy._unknown(ptr, "owns") is None else False
+                )
+            except BaseException as caught:
+                failure = caught
+            else:
+                lock.release()
+                return self._owns_below(ptr) if owned is None else owned
+            lock.release()
+            raise failure
+        except BaseException as caught:
+            failure = caught
+        if type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure):
+            raise MemoryError(_FRAME_FAILURE) from failure
+        raise failure
