@@ -796,13 +796,8 @@ class SlabAllocator(CallGuard):
             failure: BaseException | None = error
         else:
             failure = None
-        if failure is not None and not isinstance(failure, MemoryError):
-            try:
-                out_of_memory = is_out_of_memory(failure)
-            except MemoryError:  # too short of memory even to read the error's message
-                out_of_memory = True
-            if not out_of_memory:
-                raise failure
+        if failure is not None:
+            _raise_unless_out_of_memory(failure)
 
     def _offer_empty(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Ask the policy whether the slab that just became empty stays cached; release it
@@ -823,13 +818,8 @@ class SlabAllocator(CallGuard):
             failure: BaseException | None = error
         else:
             failure = None
-        if failure is not None and not isinstance(failure, MemoryError):
-            try:
-                out_of_memory = is_out_of_memory(failure)
-            except MemoryError:  # too short of memory even to read the error's message
-                out_of_memory = True
-            if not out_of_memory:
-                raise failure
+        if failure is not None:
+            _raise_unless_out_of_memory(failure)
 
     def _give_back_observed(self, slab: MemorySlab, ptr: int) -> None:
         # The plain give-back written out again, with the observers told between its stores
@@ -1428,6 +1418,19 @@ class SlabAllocator(CallGuard):
         else:
             state = f"{sum(len(c.slabs) for c in self._classes)} slabs"
         return f"<SlabAllocator policy={self._policy.name} {state}>"
+
+
+def _raise_unless_out_of_memory(failure: BaseException) -> None:
+    """Raise ``failure`` unless it is out of memory (advice a free does not depend on: the
+    free has happened, which is what its caller must hear)."""
+    if isinstance(failure, MemoryError):
+        return
+    try:
+        out_of_memory = is_out_of_memory(failure)
+    except MemoryError:  # too short of memory even to read the error's message
+        out_of_memory = True
+    if not out_of_memory:
+        raise failure
 
 
 def _no_op(*_: object) -> None:
