@@ -56,7 +56,8 @@ OBSERVING = (
 """Configurations with a policy that observes every block and slab: ``stats`` (counters and a
 size table, alone and after ``dict-lookup``'s index in the notifications of a slab),
 ``fullest-first`` (buckets, a bitmap, ``current``), and ``address-mask`` (its table over an
-arena region, whose lock is released in straight-line code)."""
+arena region, whose lock is released in straight-line code). CI sweeps the first two; the long
+run sweeps all four."""
 
 QUERIES = (
     "alloc of a large block", "alloc aligned beyond every class", "free of a large block",
@@ -81,7 +82,7 @@ OBSERVED_TWO_STEP = tuple(s for s in FULLY if s.name in TWO_STEP)
 
 @needs_testcapi
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("spec", OBSERVING)
+@pytest.mark.parametrize("spec", OBSERVING[:2])
 def test_observing_policies_survive_every_failure(spec: str) -> None:
     _check(sweep(spec, OBSERVED, limit=300))
     _check(sweep(spec, OBSERVED_TWO_STEP, limit=300, check_persistent=False))
