@@ -207,3 +207,27 @@ def test_a_spec_is_read_in_full_before_any_policy_is_built() -> None:
 def test_a_spec_that_is_not_a_string_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="must be a string, not 42"):
         parse_spec(42)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["-" * 7000 + "1", "1" * 4001])
+def test_parameters_too_long_to_read_are_refused_before_parsing(value: str) -> None:
+    # Nested beyond its limits, CPython's parser says MemoryError, which the allocator keeps
+    # for memory running out: the length is refused first, naming it.
+    with pytest.raises(pyslab.PolicyError, match=f"are {len(value) + 5:,} characters long"):
+        pyslab.SlabAllocator(policy=f"reclaim(keep={value})")
+
+
+def test_a_missing_required_parameter_is_named() -> None:
+    class Needs(pyslab.Policy):
+        name = "needs"
+
+        def __init__(self, depth: int) -> None:
+            self.depth = depth
+
+    from pyslab.policy.entry_points import _Parameters
+
+    parameters = _Parameters.of(Needs)
+    assert parameters is not None
+    assert parameters.problem({}) == "needs parameter 'depth'"
+    assert parameters.problem({"depth": 1, "width": 2}) == "does not take parameter 'width'"
+    assert parameters.problem({"depth": 1}) == ""

@@ -109,7 +109,7 @@ class SlabAllocator(CallGuard):
         )
         self._largest: Final = classes[-1]
         self._tables = build_tables(self._classes)
-        resolved = resolve(parse_policies(policy))
+        resolved = _with_frames(lambda: resolve(parse_policies(policy)))
         if page_source is None and resolved.page_source is not None:
             page_source = resolved.page_source()  # a policy may supply the source
         self._source: Final = page_source if page_source is not None else MmapPageSource()
@@ -1097,8 +1097,11 @@ class SlabAllocator(CallGuard):
 
         Complexity: O(slabs) to announce them, plus what binding each policy costs.
         """
-        resolved = resolve(parse_policies(policy))
+        resolved = _with_frames(lambda: resolve(parse_policies(policy)))
         self._check_closed("set_policy")
+        _with_frames(lambda: self._set_policy_locked(resolved))
+
+    def _set_policy_locked(self, resolved: ResolvedPolicy) -> None:
         with self._lock:
             self._check_closed("set_policy")  # again: close() may have run while we waited
             old = self._policy
@@ -1119,24 +1122,57 @@ class SlabAllocator(CallGuard):
                 )
 
     def _rebind(self, old: ResolvedPolicy, resolved: ResolvedPolicy) -> None:
+        """Switch from ``old`` to ``resolved``: all or nothing until the switch, which is
+        stores only; what follows it cannot undo it.
+
+        Before the switch (any failure is undone, and raised): the new policies are bound and
+        told of every slab, the public operations of the new front ends are built and their
+        names made room for in the instance. The switch stores the hooks and replaces those
+        names' values, which allocates nothing. After it, the old policies are unbound
+        (:meth:`~pyslab.Policy.unbind` is expected not to fail: an error it raises for want of
+        memory is dropped with the policy, any other is raised) and the empty slabs are offered
+        to the new ``keep_empty`` (advice: out of memory leaves them cached).
+        """
         try:
-            self._bind(resolved)
+            self._bind_policies(resolved)
+            operations = self._prepare_frontends(resolved)
         except BaseException:
             if any(policy in resolved.policies for policy in old.policies):
-                self._bind(old)  # a policy of both was bound again, its state restarted
+                self._bind_policies(old)  # a policy of both was bound again: restarted
             raise
+        self._switch(resolved, operations)
+        failure: BaseException | None = None
         kept = {id(policy) for policy in resolved.policies}
         for policy in old.policies:
             if id(policy) in kept:
                 continue  # bound again just now: unbinding it would undo that
-            policy.unbind()
             setattr(policy, _OWNER_ATTRIBUTE, None)
-        for size_class in self._classes:
-            for slab in list(size_class.empty):
-                if not self._keep_empty(size_class, slab):
-                    self._release_slab(size_class, slab)
+            try:
+                policy.unbind()
+            except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+                failure = failure or error
+        try:
+            for size_class in self._classes:
+                for slab in list(size_class.empty):
+                    self._offer_empty(size_class, slab)
+        except BaseException as error:
+            failure = failure or error
+        if failure is not None:
+            _raise_unless_out_of_memory(failure)
 
     def _bind(self, resolved: ResolvedPolicy) -> None:
+        """Bind ``resolved`` to a new allocator (no policy bound yet)."""
+        self._bind_policies(resolved)
+        try:
+            operations = self._prepare_frontends(resolved)
+        except BaseException:
+            self._unbind_new(resolved.policies)
+            raise
+        self._switch(resolved, operations)
+
+    def _bind_policies(self, resolved: ResolvedPolicy) -> None:
+        """Bind every policy of ``resolved`` and tell it of every slab; on failure, unbind
+        the ones bound (see :meth:`_unbind_new`) and raise. The core is not changed."""
         for policy in resolved.policies:
             owner = getattr(policy, _OWNER_ATTRIBUTE, None)
             if owner is not None and owner is not self:
@@ -1154,6 +1190,17 @@ class SlabAllocator(CallGuard):
         except BaseException:
             self._unbind_new(bound)
             raise
+
+    def _switch(self, resolved: ResolvedPolicy, operations: BlockOperations | None) -> None:
+        """Make ``resolved`` the allocator's policy: attribute stores, and the front-end
+        names' values replaced (or removed) in the instance dict, whose room for them
+        :meth:`_prepare_frontends` made. Allocates nothing after its first store (its bound
+        methods are made first), so it cannot fail halfway."""
+        observed = resolved.observes_blocks
+        take = self._take_observed if observed else self._take_plain
+        give_back = self._give_back_observed if observed else self._give_back_plain
+        instance = self.__dict__
+        # --- commit ---
         self._policy = resolved
         self._select_slab = resolved.select_slab
         self._find_owner = resolved.find_owner
@@ -1166,10 +1213,16 @@ class SlabAllocator(CallGuard):
             resolved.block_allocated or _no_op
         )
         self._block_freed: Callable[[MemorySlab, int], None] = resolved.block_freed or _no_op
-        observed = resolved.observes_blocks
-        self._take = self._take_observed if observed else self._take_plain
-        self._give_back = self._give_back_observed if observed else self._give_back_plain
-        self._bind_frontends(resolved)
+        self._take = take
+        self._give_back = give_back
+        if operations is None:
+            for name in self._FRONT_OPERATIONS:
+                instance.pop(name, None)
+        else:
+            instance["alloc"] = operations.alloc
+            instance["free"] = operations.free
+            instance["usable_size"] = operations.usable_size
+            instance["owns"] = operations.owns
 
     def _unbind_new(self, bound: Sequence[Policy]) -> None:
         """A bind failed: unbind the policies bound so far that the allocator does not use,
@@ -1185,27 +1238,46 @@ class SlabAllocator(CallGuard):
 
     _FRONT_OPERATIONS: Final = ("alloc", "free", "usable_size", "owns")
 
-    def _bind_frontends(self, resolved: ResolvedPolicy) -> None:
-        """Make the public block operations the outermost front end's, bound once.
+    def _prepare_frontends(self, resolved: ResolvedPolicy) -> BlockOperations | None:
+        """The public block operations of ``resolved``'s outermost front end (None without
+        one), with room made for their names in the instance dict, which shadows the class
+        methods for this instance only: without a front end the instance has none of these
+        names and the class methods serve directly, so the plain path pays nothing.
 
-        Without a front end the instance has none of these attributes and the class methods
-        serve directly: the plain path pays nothing for the mechanism.
+        Room is made by storing, under each name not yet present, the operation it stands for
+        now (the class method, bound), so that :meth:`_switch` only replaces values. On
+        failure the names added are removed again (which allocates nothing).
         """
-        for name in self._FRONT_OPERATIONS:
-            self.__dict__.pop(name, None)
         if not resolved.frontends:
-            return
-        operations: BlockOperations = _CoreOperations(
-            alloc=MethodType(SlabAllocator.alloc, self),
-            free=MethodType(SlabAllocator.free, self),
-            usable_size=MethodType(SlabAllocator.usable_size, self),
-            owns=MethodType(SlabAllocator.owns, self),
-        )
-        for wrap in resolved.frontends:
-            operations = wrap(operations)
-        for name in self._FRONT_OPERATIONS:
-            # shadows the class method for this instance only (see the docstring)
-            self.__dict__[name] = getattr(operations, name)
+            return None
+        # A front end may read the composition it is part of (``heap.policy``) while it is
+        # built: it is stored for that time, and the previous one stored back on failure.
+        previous = getattr(self, "_policy", None)
+        instance = self.__dict__
+        added: list[str] = []
+        try:
+            self._policy = resolved
+            operations: BlockOperations = _CoreOperations(
+                alloc=MethodType(SlabAllocator.alloc, self),
+                free=MethodType(SlabAllocator.free, self),
+                usable_size=MethodType(SlabAllocator.usable_size, self),
+                owns=MethodType(SlabAllocator.owns, self),
+            )
+            for wrap in resolved.frontends:
+                operations = wrap(operations)
+            for name in self._FRONT_OPERATIONS:
+                if name not in instance:
+                    added.append(name)
+                    instance[name] = getattr(SlabAllocator, name).__get__(self)
+        except BaseException:
+            for name in added:
+                instance.pop(name, None)
+            if previous is None:
+                instance.pop("_policy", None)  # a new allocator: it has no composition yet
+            else:
+                self._policy = previous
+            raise
+        return operations
 
     # --- whole-heap operations ----------------------------------------------------------------
 
@@ -1431,6 +1503,18 @@ def _raise_unless_out_of_memory(failure: BaseException) -> None:
         out_of_memory = True
     if not out_of_memory:
         raise failure
+
+
+def _with_frames(work: Callable[[], _T]) -> _T:
+    """``work()``, with a call inside it that could not get a frame raised as the
+    ``MemoryError`` it is (see "Out of memory" in pyslab.core.guard): for the calls that
+    run outside the guard."""
+    try:
+        return work()
+    except SystemError as error:
+        if is_out_of_memory(error):
+            raise MemoryError(FRAME_FAILURE) from error
+        raise
 
 
 def _no_op(*_: object) -> None:

@@ -83,8 +83,49 @@ def describe_parameters(cls: type) -> str:
     return ", ".join(shown)
 
 
-def _takes(cls: type) -> str:
-    parameters = describe_parameters(cls)
+@dataclass(frozen=True)
+class _Parameters:
+    """The keyword parameters a plugin class takes, read from its signature once."""
+
+    accepted: frozenset[str]
+    required: frozenset[str]
+    any_name: bool  # it takes ``**kwargs``
+    described: str  # as ``describe_parameters`` says them
+
+    @classmethod
+    def of(cls, plugin: type) -> _Parameters | None:
+        """``plugin``'s parameters; None when ``inspect`` cannot read them."""
+        try:
+            signature = inspect.signature(plugin)
+        except (TypeError, ValueError):
+            return None
+        named = [p for p in signature.parameters.values()
+                 if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+        return cls(
+            accepted=frozenset(p.name for p in named),
+            required=frozenset(p.name for p in named if p.default is p.empty),
+            any_name=any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()),
+            described=describe_parameters(plugin),
+        )
+
+    def problem(self, params: dict[str, object]) -> str:
+        """What is wrong with building the plugin with ``params`` ("" when nothing is).
+
+        Complexity: O(parameters).
+        """
+        unknown = [] if self.any_name else [key for key in params if key not in self.accepted]
+        if unknown:
+            listed = ", ".join(map(repr, unknown))
+            plural = "s" if len(unknown) > 1 else ""
+            return f"does not take parameter{plural} {listed}"
+        missing = sorted(self.required.difference(params))
+        if missing:
+            plural = "s" if len(missing) > 1 else ""
+            return f"needs parameter{plural} {', '.join(map(repr, missing))}"
+        return ""
+
+
+def _takes(parameters: str) -> str:
     return f"it takes: {parameters}" if parameters else "it takes no parameters"
 
 
@@ -121,6 +162,10 @@ class EntryPointRegistry(Generic[P]):
         self._lock = threading.Lock()
         self._entry_points: dict[str, EntryPoint] | None = None
         self._classes: dict[str, type[P]] = {}
+        # Each loaded class's parameters, read once when it is loaded: ``make`` runs under an
+        # allocator's lock, and ``inspect``'s signature and ``bind`` do not return under
+        # persistent Python out of memory (each retries a ``try``/``except`` forever).
+        self._parameters: dict[type[P], _Parameters] = {}
 
     def names(self) -> list[str]:
         """Every registered name, sorted. Complexity: O(plugins); read once per process."""
@@ -141,7 +186,11 @@ class EntryPointRegistry(Generic[P]):
         Raises:
             ``unknown``: no plugin has that name (the message lists the known ones).
             ``invalid``: the entry point cannot be imported (chained to what importing it
-                raised, any Exception), or does not load a ``base`` subclass.
+                raised, any Exception but ``MemoryError``), or does not load a ``base``
+                subclass.
+            MemoryError: Python ran out of memory; nothing is cached (CPython's import of a
+                module does not return under persistent exhaustion: a name is safe to build
+                under exhaustion once its class has loaded).
 
         Complexity: O(1) once loaded; the first call imports the plugin's module.
         """
@@ -151,6 +200,8 @@ class EntryPointRegistry(Generic[P]):
         entry = self._entry(name)
         try:
             loaded = self._load(entry)
+        except MemoryError:
+            raise  # out of memory is not the plugin's fault
         except Exception as error:
             raise self._invalid(
                 f"{self._kind} entry point {name!r} ({entry.value}) cannot be loaded: "
@@ -222,28 +273,23 @@ class EntryPointRegistry(Generic[P]):
         Complexity: O(parameters), plus the plugin's constructor.
         """
         cls = self.load(name)
-        try:
-            signature = inspect.signature(cls)
-        except (TypeError, ValueError):  # not introspectable: let the constructor decide
-            return cls(**params)
-        try:
-            signature.bind(**params)
-        except TypeError as exc:
-            accepted = {
-                p.name
-                for p in signature.parameters.values()
-                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            }
-            any_name = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
-            unknown = [] if any_name else [key for key in params if key not in accepted]
-            if unknown:
-                listed = ", ".join(map(repr, unknown))
-                plural = "s" if len(unknown) > 1 else ""
-                problem = f"does not take parameter{plural} {listed}"
-            else:
-                problem = f"cannot be built with {params!r}: {exc}"
-            raise self._invalid(f"{self._kind} {name!r} {problem}; {_takes(cls)}") from None
+        parameters = self._parameters.get(cls)
+        if parameters is not None:
+            problem = parameters.problem(params)
+            if problem:
+                raise self._invalid(
+                    f"{self._kind} {name!r} {problem}; {_takes(parameters.described)}"
+                )
         return cls(**params)
+
+    def parameters_of(self, name: str) -> str:
+        """The parameters the plugin ``name`` takes, as :func:`describe_parameters` says them,
+        read when its class was loaded (so allocation-free once it has).
+
+        Raises: as :meth:`load`. Complexity: O(1) once loaded.
+        """
+        parameters = self._parameters.get(self.load(name))
+        return parameters.described if parameters is not None else ""
 
     def _entry(self, name: str) -> EntryPoint:
         """The entry point ``name``. Raises: ``unknown``."""
@@ -264,5 +310,8 @@ class EntryPointRegistry(Generic[P]):
         loaded = entry.load()
         if not (isinstance(loaded, type) and issubclass(loaded, self._base)):
             return TypeError(f"{entry.value} is not a {self._base_path} subclass")
+        parameters = _Parameters.of(loaded)
+        if parameters is not None:
+            self._parameters[loaded] = parameters
         self._classes[entry.name] = loaded
         return loaded

@@ -52,7 +52,7 @@ from typing import Final, TypeAlias
 
 from pyslab.errors import PolicyError, UnknownPolicyError
 
-from .entry_points import EntryPointRegistry, PluginEntry, describe_parameters
+from .entry_points import EntryPointRegistry, PluginEntry
 from .interface import Policy
 
 __all__ = [
@@ -166,10 +166,11 @@ def parse_policies(spec: PolicySpec) -> list[Policy]:
         if isinstance(item, Policy):
             chosen.append(item)
         elif isinstance(item, str):
-            chosen.extend(part.build() for part in parse_spec(item))
+            for part in parse_spec(item):  # no generator: out of memory, its close would print
+                chosen.append(part.build())
         else:
             raise TypeError(f"a policy must be a pyslab.Policy or a spec string, not {item!r}")
-    if not any(type(p).name == BASE_POLICY for p in chosen[:1]):
+    if not chosen or type(chosen[0]).name != BASE_POLICY:
         chosen.insert(0, make_policy(BASE_POLICY))
     return chosen
 
@@ -316,14 +317,25 @@ def _parse_part(spec: str, text: str) -> PolicyPart:
     return PolicyPart(name, params, f"{name}({', '.join(shown)})" if shown else name)
 
 
+_LONGEST_PARAMETERS: Final = 4000
+"""The longest text between a part's parentheses that a spec may hold."""
+
+
 def _parse_parameters(
     spec: str, name: str, text: str, inner: str
 ) -> tuple[dict[str, object], list[str]]:
     """The parameters between a part's parentheses, and each as written (``key=value``)."""
+    if len(inner) > _LONGEST_PARAMETERS:
+        # Refused before parsing: CPython's parser reports a text nested beyond its limits
+        # (some 6,000 unary operators) as MemoryError, which must mean memory ran out.
+        raise PolicyError(
+            f"policy spec {spec!r}: the parameters of {name!r} are {len(inner):,} characters "
+            f"long; at most {_LONGEST_PARAMETERS:,} are read"
+        )
     source = f"_({inner})"
     try:
         call = ast.parse(source, mode="eval").body
-    except (SyntaxError, ValueError, MemoryError, RecursionError) as error:
+    except (SyntaxError, ValueError, RecursionError) as error:
         reason = error.msg if isinstance(error, SyntaxError) else type(error).__name__
         raise PolicyError(
             f"policy spec {spec!r}: cannot read the parameters of {text!r} ({reason}): "
@@ -356,22 +368,32 @@ def _parse_parameters(
             raise PolicyError(
                 f"policy spec {spec!r}: parameter {keyword.arg!r} of {name!r} is given twice"
             )
-        try:
-            params[keyword.arg] = ast.literal_eval(keyword.value)
-        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-            raise PolicyError(
-                f"policy spec {spec!r}: the value {value_text} of parameter {keyword.arg!r} "
-                f"of {name!r} is not a Python literal ({_LITERALS})"
-            ) from None
+        params[keyword.arg] = _literal(keyword.value, spec, name, keyword.arg, value_text)
         shown.append(f"{keyword.arg}={value_text}")
     return params, shown
+
+
+def _literal(node: ast.expr, spec: str, name: str, key: str, text: str) -> object:
+    """The value of parameter ``key`` of ``name``, written ``text``. A function of its own:
+    an ``except`` late in a long function does not return under persistent out of memory
+    (see "Out of memory" in pyslab.core.guard).
+
+    Raises:
+        PolicyError: ``text`` is not a Python literal.
+    """
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, RecursionError):
+        raise PolicyError(
+            f"policy spec {spec!r}: the value {text} of parameter {key!r} of {name!r} is not "
+            f"a Python literal ({_LITERALS})"
+        ) from None
 
 
 def _takes(name: str) -> str:
     """`` (it takes: keep=1)`` for a policy that loads, else nothing."""
     try:
-        cls = _REGISTRY.load(name)
+        parameters = _REGISTRY.parameters_of(name)
     except PolicyError:
         return ""
-    parameters = describe_parameters(cls)
     return f" (it takes: {parameters})" if parameters else " (it takes no parameters)"

@@ -209,6 +209,11 @@ def _prepare_other_policy(blocks: Blocks) -> object:
     _filled(24, 3)(blocks)
     name = blocks.heap.policy.name
     other = f"{name}+stats" if "stats" not in name else name.replace("+stats", "")
+    # Load and check the plugin classes first: the sweep is of building and binding them. The
+    # first import of a plugin's module (CPython's import system) and the first check of its
+    # class (``inspect.signature``) do not return under persistent exhaustion: both retry a
+    # ``try``/``except`` forever. Both run once per class and process.
+    pyslab.policy.resolve(pyslab.policy.parse_policies(other or "first-fit"))
     return other or "first-fit"
 
 
