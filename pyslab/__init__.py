@@ -27,7 +27,8 @@ policy
     A plugin that decides which slab serves an allocation, which slab owns a freed address,
     what happens to an empty slab and where slot 0 starts, and may observe every event.
     :class:`Policy`; registered under the entry-point group ``pyslab.policies``. The default
-    is ``dict-lookup+reclaim`` (O(1) frees, empty slabs given back beyond four per class);
+    is ``dict-lookup+reclaim+thread-cache(magazine=16)`` (O(1) frees, empty slabs given back
+    beyond four per class, per-thread magazines in front: no lock on the common path);
     ``first-fit``, the base of every composition, alone walks every slab on each free.
 front end
     A policy that wraps the block operations themselves (``thread-cache``'s per-thread

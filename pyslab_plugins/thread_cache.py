@@ -38,7 +38,8 @@ disjoint, and a push that lands after the drain stays in the magazine, accounted
 Whose magazines
 ---------------
 Each thread has one :class:`_Magazines`, registered by ``threading.get_ident()`` with its
-native thread id, and found on the hot path through a ``threading.local`` (one attribute load).
+native thread id, and found on the hot path through a ``threading.local`` (one attribute load:
+its ``stacks``, beside the ``holder`` whose end gives them back).
 A thread that ``threading`` started gives its blocks back when its thread state goes (it
 exits). A thread that C created gets a new Python thread state for every call into Python
 (ctypes makes one per callback): its magazines stay registered between its calls, are found
@@ -427,7 +428,7 @@ class _CachedOperations:
                     size_class = None
                 if size_class is not None:
                     try:
-                        stacks: list[deque[int]] = self._local.holder.stacks
+                        stacks: list[deque[int]] = self._local.stacks
                     except AttributeError:
                         stacks = self._attach().stacks
                     try:
@@ -461,7 +462,7 @@ class _CachedOperations:
         try:
             if type(ptr) is int and ptr > 0 and not ptr & _MISALIGNED:
                 try:
-                    stacks: list[deque[int]] = self._local.holder.stacks
+                    stacks: list[deque[int]] = self._local.stacks
                 except AttributeError:
                     stacks = self._attach().stacks
                 slab = self._by_base.get(ptr & self._mask)  # SlabIndex.owner, inlined
@@ -891,9 +892,13 @@ class _CachedOperations:
         except AttributeError:
             pass
         else:
+            local.stacks = earlier.stacks  # may be missing: its store ran out of memory
             return earlier
         local.holder = holder  # if this fails, the holder just goes: it is not installed yet
         holder.installed = True  # from the store to here, no call
+        # The hot path's one attribute load. If this store fails, the holder is installed
+        # all the same, and the next call, finding no ``stacks``, attaches and stores it.
+        local.stacks = holder.stacks
         return holder
 
     def detach(self, magazines: _Magazines) -> None:

@@ -131,7 +131,8 @@ def test_large_objects_can_be_left_to_libc() -> None:
 
 def test_exhaustion_raises_memory_error_and_leaves_the_allocator_consistent() -> None:
     source = pyslab.core.ArenaPageSource(4 * PAGE)
-    with pyslab.SlabAllocator(size_classes=(64, 1024), page_source=source) as alloc:
+    with pyslab.SlabAllocator(size_classes=(64, 1024), page_source=source,
+                              policy="dict-lookup+reclaim") as alloc:
         large = 2 * PAGE - 100
         blocks = {alloc.alloc(64): 64 for _ in range(PAGE // 64)}  # one full slab
         blocks[alloc.alloc(1024)] = 1024  # a second slab

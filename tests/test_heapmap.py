@@ -290,7 +290,7 @@ def test_text_draws_one_line_per_slab_in_the_seeds_style() -> None:
 
 
 def test_text_compresses_wide_slabs_and_long_classes() -> None:
-    with pyslab.SlabAllocator() as allocator:
+    with pyslab.SlabAllocator(policy="dict-lookup+reclaim") as allocator:
         small = [allocator.alloc(8) for _ in range(16)]  # 16 of 512 slots: two full cells
         big = [allocator.alloc(1024) for _ in range(4 * 20)]  # 20 full slabs
         text = heap_map(allocator).to_text(width=64, max_slabs=6)

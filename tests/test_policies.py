@@ -28,8 +28,8 @@ def test_a_non_policy_is_a_type_error() -> None:
 @pytest.mark.parametrize(
     ("spec", "name"),
     [
-        (None, "dict-lookup+reclaim"),
-        ((), "dict-lookup+reclaim"),
+        (None, "dict-lookup+reclaim+thread-cache(magazine=16)"),
+        ((), "dict-lookup+reclaim+thread-cache(magazine=16)"),
         ("first-fit", "first-fit"),
         ("dict-lookup", "dict-lookup"),
         ("dict-lookup+reclaim", "dict-lookup+reclaim"),

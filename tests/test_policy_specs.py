@@ -144,7 +144,8 @@ def test_an_empty_spec_is_refused_everywhere_a_spec_is_taken() -> None:
     with pyslab.SlabAllocator() as alloc, pytest.raises(pyslab.PolicyError, match="empty"):
         alloc.set_policy(" ")
     with pyslab.SlabAllocator(policy=[]) as alloc:  # no policy chosen: the default
-        assert alloc.policy.name == pyslab.policy.DEFAULT_POLICY == "dict-lookup+reclaim"
+        default = "dict-lookup+reclaim+thread-cache(magazine=16)"
+        assert alloc.policy.name == pyslab.policy.DEFAULT_POLICY == default
 
 
 def test_an_unknown_parameter_lists_the_ones_the_policy_takes() -> None:

@@ -66,7 +66,8 @@ class SlabAllocator(CallGuard):
             the page size where pages are larger).
         policy: a :class:`~pyslab.Policy`, a registered name (``"dict-lookup"``), a
             composition ``"dict-lookup+reclaim"`` or a sequence of names and instances.
-            Every composition starts from ``first-fit``. Default: ``"dict-lookup+reclaim"``
+            Every composition starts from ``first-fit``. Default:
+            ``"dict-lookup+reclaim+thread-cache(magazine=16)"``
             (:data:`pyslab.policy.DEFAULT_POLICY`): O(1) frees, empty slabs given back beyond
             four per class. ``"first-fit"`` alone is the original design, O(slabs) per free.
         page_source: where slabs come from. Default: the policy's ``page_source`` decision if

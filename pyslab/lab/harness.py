@@ -375,7 +375,7 @@ def run_workload(
     Args:
         workload: a :class:`~pyslab.lab.Workload` or the name of a registered one.
         configuration: what ``SlabAllocator(policy=...)`` takes (None: the allocator's
-            default, ``dict-lookup+reclaim``): a composition such as ``"first-fit"`` or
+            default, :data:`pyslab.policy.DEFAULT_POLICY`): a composition such as ``"first-fit"`` or
             ``"fullest-first+reclaim"``; policy instances (``make_policy("reclaim", keep=4)``)
             are bound to this run's allocator and released when it closes.
         ops: the workload's operation budget; seed: its seed.

@@ -127,15 +127,18 @@ def test_mimalloc_stress_in_c_threads_through_the_function_pointers(
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("persistent", [False, True])
 def test_out_of_memory_through_c_gives_null_and_loses_nothing(persistent: bool) -> None:
-    """A sweep over the map_slab requests of a small C workload."""
+    """A sweep over the map_slab requests of a small C workload, on the core (a thread cache's
+    refill that gets some blocks before the page source fails serves the call: no NULL)."""
     counting = Injection()
-    with pyslab.SlabAllocator(page_source=FailingPageSource(slabs=counting)) as alloc:
+    spec = "dict-lookup+reclaim"
+    with pyslab.SlabAllocator(page_source=FailingPageSource(slabs=counting), policy=spec) as alloc:
         c = pyslab.c_functions(alloc)
         for size in (8, 64, 512, 1024, 4000):
             c.free(c.malloc(size))
     for at in range(1, counting.requests + 1):
         injection = Injection(at=at, persistent=persistent)
-        with pyslab.SlabAllocator(page_source=FailingPageSource(slabs=injection)) as alloc:
+        source = FailingPageSource(slabs=injection)
+        with pyslab.SlabAllocator(page_source=source, policy=spec) as alloc:
             c = pyslab.c_functions(alloc)
             kept: list[tuple[int, int]] = []  # (address, size) of blocks C got; byte: index
             for size in (8, 64, 512, 1024, 4000):
