@@ -16,7 +16,8 @@ class _Counters:
     """Mutable counters of one size class (a plain object: the hooks update it in place)."""
 
     __slots__ = (
-        "allocations", "frees", "requested", "slabs_at_bind", "slabs_created", "slabs_peak",
+        "allocations", "frees", "requested", "saved_allocations", "saved_frees",
+        "saved_requested", "slabs_at_bind", "slabs_created", "slabs_peak",
     )
 
     def __init__(self) -> None:
@@ -26,6 +27,11 @@ class _Counters:
         self.slabs_at_bind = 0  # slabs the class held when the policy was bound
         self.slabs_created = 0
         self.slabs_peak = 0
+        # The counts before the latest per-block hook of the class, for its revert (the old
+        # int objects: storing them back allocates nothing, recomputing them could).
+        self.saved_allocations = 0
+        self.saved_frees = 0
+        self.saved_requested = 0
 
 
 class Stats(Policy):
@@ -59,7 +65,15 @@ class Stats(Policy):
     may fail to allocate), then makes the one write that may allocate, a size joining the
     dict (``block_allocated``), and then only attribute stores and a dict ``pop``, which
     allocate nothing; a hook that raises has changed nothing, and the core undoes its own
-    writes (see "Out of memory" in :mod:`pyslab.core.guard`). ``slab_added`` needs no undo:
+    writes (see "Out of memory" in :mod:`pyslab.core.guard`). Both per-block hooks can be
+    undone without memory (:meth:`revert_block_allocated`, :meth:`revert_block_freed`), so a
+    policy told after this one may fail, and so may the second step of a ``calloc`` or a
+    moving ``realloc``. Undoing a free would put the size it forgot back into the dict, which
+    may have to grow; so ``block_freed`` leaves the freed block's entry in the dict as the
+    *stale* entry (``_forgotten``), deleted by the next per-block hook (a deletion, which
+    allocates nothing), or taken over by the allocation that reuses the address; nothing
+    reads it. A revert deletes what its call inserted and stores back the saved counts and
+    stale marker. ``slab_added`` needs no undo:
     when the core cannot list the slab after all, it goes back to the page source at once, and
     the counters then say exactly that (created, and reclaimed, the peaks counting it).
     """
@@ -73,6 +87,12 @@ class Stats(Policy):
         self._slab_size = heap.slab_size
         self._classes = [_Counters() for _ in heap.size_classes]
         self._requested: dict[int, int] = {}
+        # The address of a freed block whose entry is still in _requested (or None): see
+        # "Out of memory" above. Only live blocks' entries are ever read.
+        self._forgotten: int | None = None
+        # What the latest block_allocated did with the stale entry, for its revert: True
+        # when it took the entry over (the same address, a size kept), which is stale again.
+        self._adopted = False
         self._mapped_peak = 0
         # Slabs with a serial below this existed before bind: announced, not created.
         self._first_serial = 1 + max(
@@ -86,29 +106,74 @@ class Stats(Policy):
         """Count the block and its requested size.
 
         All or nothing: the new counts are computed, then the size joins the dict (the one
-        write that may allocate), then the counts are stored. Complexity: O(1).
+        write that may allocate; a store when the address is the stale entry's, which it
+        takes over), then the stale entry is deleted and the counts are stored, which
+        allocates nothing. Complexity: O(1).
         """
         counters = self._classes[slab.size_class.index]
-        allocations = counters.allocations + 1
-        requested = counters.requested + size
-        if size != slab.slot_size:
-            self._requested[address] = size
+        before, had = counters.allocations, counters.requested
+        allocations = before + 1
+        requested = had + size
+        forgotten = self._forgotten
+        kept = size != slab.slot_size
+        adopted = kept and forgotten == address  # the stale entry's key: a store, below
+        if kept:
+            self._requested[address] = size  # the one write that may allocate: first
+        # --- commit ---
+        if forgotten is not None and not adopted:
+            del self._requested[forgotten]
+        counters.saved_allocations = before
+        counters.saved_requested = had
+        self._adopted = adopted
+        self._forgotten = None
         counters.allocations = allocations
         counters.requested = requested
+
+    def revert_block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
+        """Undo the latest ``block_allocated`` of the class: the size it kept is deleted (or,
+        if it took the stale entry over, that entry is stale again) and the counts saved
+        then are stored back, which allocates nothing. Complexity: O(1).
+        """
+        counters = self._classes[slab.size_class.index]
+        if self._adopted:
+            self._forgotten = address
+        elif size != slab.slot_size:
+            del self._requested[address]
+        counters.allocations = counters.saved_allocations
+        counters.requested = counters.saved_requested
 
     def block_freed(self, slab: MemorySlab, address: int) -> None:
         """Count the free; forget the block's requested size.
 
-        All or nothing: the new counts are computed, then stored, with a dict ``pop``; none of
-        those writes allocates. Complexity: O(1).
+        All or nothing: the new counts are computed, then stored; the block's entry becomes
+        the stale entry and the previous one is deleted. None of those writes allocates.
+        Complexity: O(1).
         """
         counters = self._classes[slab.size_class.index]
         requested = self._requested
-        frees = counters.frees + 1
-        remaining = counters.requested - requested.get(address, slab.slot_size)
-        requested.pop(address, None)
+        forgotten = self._forgotten
+        before, had = counters.frees, counters.requested
+        frees = before + 1
+        remaining = had - requested.get(address, slab.slot_size)
+        kept = address in requested
+        # --- commit ---
+        if forgotten is not None:
+            del requested[forgotten]
+        counters.saved_frees = before
+        counters.saved_requested = had
+        self._forgotten = address if kept else None
         counters.frees = frees
         counters.requested = remaining
+
+    def revert_block_freed(self, slab: MemorySlab, address: int) -> None:
+        """Undo the latest ``block_freed`` of the class: the block's entry, stale, is valid
+        again (the previous stale entry is gone, as if deleted by the next hook), and the
+        counts saved then are stored back. Allocates nothing. Complexity: O(1).
+        """
+        counters = self._classes[slab.size_class.index]
+        self._forgotten = None
+        counters.frees = counters.saved_frees
+        counters.requested = counters.saved_requested
 
     def slab_added(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Count a created slab; raise the peaks of the class and of the mapped bytes.
@@ -177,14 +242,19 @@ class Stats(Policy):
             raise CorruptionError(
                 f"stats counts a mapped peak of {self._mapped_peak} bytes for {slabs} slabs"
             )
-        if len(self._requested) > sum(c.live for c in self.heap.size_classes):
-            raise CorruptionError(f"stats keeps {len(self._requested)} sizes, more than live")
+        forgotten = self._forgotten
+        if forgotten is not None and forgotten not in self._requested:
+            raise CorruptionError(f"stats' stale entry {forgotten:#x} is not in its table")
+        if self.tracked_sizes > sum(c.live for c in self.heap.size_classes):
+            raise CorruptionError(f"stats keeps {self.tracked_sizes} sizes, more than live")
 
     @property
     def tracked_sizes(self) -> int:
-        """Live blocks whose requested size is kept (the dict's length). Complexity: O(1)."""
-        return len(self._requested)
+        """Live blocks whose requested size is kept (the dict's length, but for the stale
+        entry of the latest free). Complexity: O(1)."""
+        return len(self._requested) - (self._forgotten is not None)
 
     def unbind(self) -> None:
         """Drop the size table."""
         self._requested = {}
+        self._forgotten = None

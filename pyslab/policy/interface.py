@@ -24,7 +24,10 @@ below and returns its own; the allocator's public methods become the outermost l
 
 *Notifications* (every policy that overrides one is called, in composition order):
 ``slab_added``, ``slab_removed``, ``slab_refilled`` (a full slab got a free slot),
-``block_allocated`` and ``block_freed`` (every allocation and free of a slab block);
+``block_allocated`` and ``block_freed`` (every allocation and free of a slab block; the
+policies that can undo them, :meth:`Policy.revert_block_allocated` and
+:meth:`Policy.revert_block_freed`, are told first, see "Out of memory" in
+:mod:`pyslab.core.guard`);
 ``flush`` (give back every block the policy holds: ``close``, ``shrink``), ``check`` (verify
 the policy's own invariants: ``validate``) and ``cached_blocks`` (blocks held per slot size,
 for ``stats``). One query is asked only by ``set_policy``: :meth:`Policy.exclusive_blocks`
@@ -251,6 +254,44 @@ class Policy:
 
     def block_freed(self, slab: MemorySlab, address: int) -> None:
         """The block at ``address`` went back to ``slab``."""
+
+    def revert_block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
+        """Optional: undo exactly this policy's latest ``block_allocated(slab, address, size)``,
+        allocating nothing.
+
+        Called with the arguments of that call and the core in the state it had then, before
+        the core undoes its own writes: when a later policy's ``block_allocated`` raised, or
+        when the second step of a call that took the block (zeroing it, copying into it,
+        freeing the block it replaces) failed. Between the two calls the policy may have
+        been told of blocks of other size classes only (the moving ``realloc`` frees the old
+        block, of another class, before it can fail), each of those complete or reverted.
+
+        It must allocate nothing, so that the undo holds with memory exhausted: it stores
+        back objects its ``block_allocated`` saved before its first write (old ints, a dict
+        a slab left) and deletes what that call inserted, and must not re-insert a key a dict
+        lost (the dict may have to grow). A policy that observes ``block_allocated`` without
+        this hook still works: it is told after the core's second step and after every
+        policy that has the hook, and when the call fails after it was told (or two such
+        policies are composed and the second raises), its update stands while the core
+        undoes its own.
+
+        Complexity: should be O(1).
+        """
+        raise NotImplementedError
+
+    def revert_block_freed(self, slab: MemorySlab, address: int) -> None:
+        """Optional: undo exactly this policy's latest ``block_freed(slab, address)``,
+        allocating nothing, when a later policy's ``block_freed`` raised (the core then
+        undoes its own writes: the block stays live).
+
+        As :meth:`revert_block_allocated`: the core is in the state of that call, and the
+        hook only stores back saved objects and deletes what the call inserted. A policy
+        that observes ``block_freed`` without it is told after every policy that has it; if
+        two such policies are composed and the second raises, the first's update stands.
+
+        Complexity: should be O(1).
+        """
+        raise NotImplementedError
 
     def __repr__(self) -> str:
         return f"<policy {self.name}>"

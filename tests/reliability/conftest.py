@@ -28,3 +28,16 @@ def eager_gc() -> Iterator[None]:
     finally:
         gc.set_threshold(*old)
         gc.collect()
+
+
+@pytest.fixture
+def frozen_collector() -> Iterator[None]:
+    """For the out-of-memory sweeps: each allocation point starts with a full collection
+    (``nomemory``); with every object made before the test frozen (``gc.freeze``), it walks
+    only the sweep's own objects, not the whole test session's."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
