@@ -96,7 +96,9 @@ Invariants (checked by :meth:`SlabAllocator.validate`)
 6. ``SizeClass.live`` is the sum of its slabs' ``used``, and ``peak >= live``.
 7. ``SizeClass.current`` is None or a slab of the class with a free slot.
 8. Outside an allocator call no re-entrant work is pending (the backlog is empty).
-9. The page source has handed out at least ``slab_size`` bytes per slab.
+9. The page source has handed out at least ``slab_size`` bytes per slab, listed or awaiting
+   the release of its pages (a release that ran out of memory; retried before the next slab
+   is mapped, at ``shrink()`` and at ``close()``).
 
 A failed ``free``/``realloc``/``usable_size`` changes nothing: every check comes before the
 first write.

@@ -94,11 +94,14 @@ succeeds or raises ``MemoryError`` with the allocator consistent, by three techn
   made, and every dict entry inserted, before anything is written; the commit is dict
   deletions and stores through those views (``view[:] = data``), which allocate nothing.
 - *Undo on error* (``alloc``, ``free``): when the commit of an allocation fails, the slot goes
-  back to the layer below untouched; when that fails too (it needs memory as well), the slot
-  is *parked*: stored into a list slot reserved before the block was taken (a store allocates
-  nothing), counted in ``cached_slots`` like the quarantine, and given back by the next
-  ``flush`` (``shrink``, ``close``, ``set_policy``); a parked large block is counted by the
-  heap as a live large block until then. ``free`` copies the slot's bytes, enters the freed
+  back to the layer below untouched; when that fails too (it needs memory as well), a large
+  block is released in the core's large-block books, which need no memory to forget it once
+  the release has begun, and a slot is *parked*: stored into a list slot reserved before the
+  block was taken (a store allocates nothing), counted in ``cached_slots`` like the
+  quarantine, and given back by the next ``flush`` (``shrink``, ``close``, ``set_policy``).
+  (A large block is parked only when the books refuse it too, an earlier block still
+  awaiting its release there: the heap then counts it as a live large block until the
+  flush.) ``free`` copies the slot's bytes, enters the freed
   block in its books (dict insertions, which fail before they insert), poisons the slot and
   lets the layer below free it; if that raises, having changed nothing, the bytes are written
   back and the entries deleted: the block is live, intact and freeable, as before the call. It
@@ -166,6 +169,7 @@ from pyslab.core import (
     WORD_SIZE,
     WORDS,
     FreeListCorruptionError,
+    LargeObjects,
     MemorySlab,
     SizeClass,
     SlabIndex,
@@ -448,8 +452,8 @@ class Debug(Policy):
     # --- what the heap asks ----------------------------------------------------------------------
 
     def cached_blocks(self) -> Mapping[int, int]:
-        """Quarantined and parked slab slots per slot size: held by the policy (a parked
-        large block is counted by the heap as a live large block)."""
+        """Quarantined and parked slab slots per slot size: held by the policy (a large block
+        parked, which is rare, is counted by the heap as a live large block)."""
         counts: dict[int, int] = {}
         for block in list(self._quarantine.values()):  # a copy: a handler may add one
             if block.in_slab:
@@ -865,8 +869,8 @@ class _DebugOperations:
 
     __slots__ = (
         "_alloc_below", "_backlog", "_busy", "_by_base", "_check_list", "_free_below",
-        "_layouts", "_live", "_lock", "_mask", "_owns_below", "_parked", "_poison", "_policy",
-        "_record", "_sites", "_tail", "_usable_below",
+        "_large", "_layouts", "_live", "_lock", "_mask", "_owns_below", "_parked", "_poison",
+        "_policy", "_record", "_sites", "_tail", "_usable_below",
     )
 
     def __init__(self, policy: Debug, inner: BlockOperations) -> None:
@@ -875,6 +879,10 @@ class _DebugOperations:
         self._free_below = inner.free
         self._usable_below = inner.usable_size
         self._owns_below = inner.owns
+        # The core's large-block books, where they can be reached: a large block this front
+        # end cannot give back through the layer below for want of memory is released there
+        # (see _give_back_below).
+        self._large: LargeObjects | None = getattr(policy.heap, "_large", None)
         self._lock = policy.heap.lock
         self._by_base = policy._by_base
         self._mask = policy._mask
@@ -948,9 +956,10 @@ class _DebugOperations:
 
         Everything that can fail after the layer below has served the block comes before the
         first change (:meth:`_commit_alloc`); if any of it fails, the block goes back to the
-        layer below, untouched, and if even that fails (it needs memory too) it is *parked*:
-        held by the policy in a slot reserved before the block was taken (a store into an
-        existing list slot allocates nothing), counted as cached, given back at ``flush``.
+        layer below, untouched (:meth:`_give_back_below`: a large block always can), and if
+        even that fails (it needs memory too) it is *parked*: held by the policy in a slot
+        reserved before the block was taken (a store into an existing list slot allocates
+        nothing), counted as cached, given back at ``flush``.
         """
         below, lead, table = layout
         parked = self._parked
@@ -973,7 +982,7 @@ class _DebugOperations:
                 failure = error
             if inner not in self._policy._quarantine:  # else reported and held: a write after free
                 try:
-                    self._free_below(inner)
+                    self._give_back_below(inner)
                 except BaseException as error:
                     lost: BaseException | None = error
                 else:
@@ -989,6 +998,45 @@ class _DebugOperations:
             # The request as the caller made it: the red zones are this policy's business.
             raise MemoryError(f"alloc({size}, align={align}): out of memory") from failure
         raise failure
+
+    def _give_back_below(self, inner: int) -> None:
+        """Give back the block ``inner`` the layer below has just served, untouched. Lock held.
+
+        Through the layer below's ``free``; when that has no memory (the core's free needs
+        some to find an address's slab), a block the core's large-block books still hold is
+        released there directly: the release the core's free would have made, which needs no
+        memory once begun (the block is forgotten at once, and given back now or by the
+        next call of the books: ``TrackedBlocks.release``). The books hold it only if the
+        core served it outside any call of its own, as a large block, whatever layer passed
+        it on; a block libc served a re-entrant call is not in them.
+
+        Raises:
+            MemoryError: the block is still allocated (the caller parks it).
+        """
+        try:
+            self._free_below(inner)
+        except BaseException as error:  # see "Out of memory" in the module documentation
+            failure: BaseException = error
+        else:
+            return
+        large = self._large
+        if (
+            large is None
+            or not large.holds(inner)
+            or not (
+                isinstance(failure, MemoryError)
+                or (type(failure) is SystemError and _NO_EXCEPTION_SET in str(failure))
+            )
+        ):
+            raise failure
+        try:
+            large.release(inner)
+        except BaseException as error:
+            refused: BaseException | None = error
+        else:
+            refused = None
+        if refused is not None and large.holds(inner):
+            raise refused  # an earlier block still awaits release: nothing has changed
 
     def _commit_alloc(self, inner: int, size: int, lead: int) -> int:
         """Check the slot the layer below handed out and make it a debug block. Lock held.

@@ -103,8 +103,11 @@ call, since a call can fail for want of a frame (CPython's ``SystemError`` "erro
 without exception set"), which the public operations report as ``MemoryError``.
 
 Limit: above another front end (``debug+thread-cache``), refills and give-backs go through
-the batch calls ``Heap.take_blocks`` and ``Heap.return_blocks``, which need memory to undo
-what they did: there, a failure under exhaustion can leave taken blocks with nobody.
+the batch calls ``Heap.take_blocks`` and ``Heap.return_blocks``. A refill never leaves a
+taken block with nobody (out of memory part way, ``take_blocks`` hands over the blocks it
+took), but caching them needs memory, and so does giving back the ones that cannot be
+cached, and ``return_blocks`` stopped by memory running out frees only the blocks before the
+one it stopped at: there, a failure under exhaustion can leave taken blocks with nobody.
 """
 
 from __future__ import annotations
@@ -646,11 +649,12 @@ class _CachedOperations:
     def _fill_batch(self, stack: deque[int], size_class: SizeClass, size: int,
                     align: int) -> int:
         """:meth:`_fill` for a front end above another one: ``Heap.take_blocks`` takes the
-        batch, all but the last block are cached, and those that cannot be go back with
-        ``Heap.return_blocks``. Lock held.
+        batch (fewer blocks when memory runs out once it has taken one: those are ours, and
+        ``MemoryError`` only when it took none), all but the last block are cached, and those
+        that cannot be go back with ``Heap.return_blocks``. Lock held.
 
-        Under exhaustion the batch calls themselves need memory to undo their work, so a
-        failure may leave blocks with nobody (see the module documentation).
+        Under exhaustion that give-back needs memory too, so a failure to cache may leave
+        blocks with nobody (see the module documentation).
         """
         heap = self._heap
         taken = heap.take_blocks(size_class, self._batch)

@@ -120,19 +120,30 @@ class TrackedBlocks:
         self._awaiting_address = address
         del self.sizes[address]
         self._from_libc.discard(address)
+        # The handler only stores, and the re-raise comes after it: this function is long
+        # enough that an exception leaving a handler would need its offset made as an int
+        # (see "Out of memory" in pyslab.core.guard).
         try:
             self.retry_release()
         except BaseException as error:
-            if not isinstance(error, MemoryError) and (
-                type(error) is not SystemError or NO_EXCEPTION_SET not in str(error)
-            ):
-                raise
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is not None and not isinstance(failure, MemoryError) and (
+            type(failure) is not SystemError or NO_EXCEPTION_SET not in str(failure)
+        ):
+            raise failure
         try:
             self._recently_freed[address] = None
             if len(self._recently_freed) > _REMEMBERED_FREES:
                 self._recently_freed.popitem(last=False)
-        except MemoryError:
-            pass  # only a later error message's wording ("double free") depends on it
+        except BaseException as error:
+            failure = error
+        else:
+            failure = None
+        if failure is not None and not isinstance(failure, MemoryError):
+            raise failure  # out of memory is no failure here: only a later error message's
+            # wording ("double free") depends on the address being remembered
 
     def retry_release(self) -> None:
         """Give back the block awaiting release, if any.

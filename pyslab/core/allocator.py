@@ -19,6 +19,7 @@ from typing import Final, TypeVar
 
 from pyslab.errors import (
     AllocatorClosedError,
+    CorruptionError,
     DoubleFreeError,
     InvalidFreeError,
     PolicyError,
@@ -69,7 +70,8 @@ class SlabAllocator(CallGuard):
             Every composition starts from ``first-fit``. Default:
             ``"dict-lookup+reclaim+thread-cache(magazine=16)"``
             (:data:`pyslab.policy.DEFAULT_POLICY`): O(1) frees, empty slabs given back beyond
-            four per class. ``"first-fit"`` alone is the original design, O(slabs) per free.
+            four per class, per-thread magazines of 16 blocks per class in front.
+            ``"first-fit"`` alone is the original design, O(slabs) per free.
         page_source: where slabs come from. Default: the policy's ``page_source`` decision if
             one provides it, else one ``mmap`` per slab. A source with ``large_objects()``
             also serves the blocks too large for any class.
@@ -122,6 +124,11 @@ class SlabAllocator(CallGuard):
         self._serial = 0  # slabs made so far: the next slab's serial number
         self._reentrant_allocs = 0
         self._retained = RetainedMappings(slab_size)  # empty until close(): see retained.py
+        # Slab bases whose pages could not go back to the page source for want of memory (a
+        # release makes a few Python ints): given back before the next slab is mapped, at
+        # shrink() and at close(). Pre-sized, so that recording one allocates nothing.
+        self._unreleased: Final[list[int]] = [0] * _UNRELEASED_SLOTS
+        self._unreleased_count = 0
         self._clients: dict[type[HeapClient], HeapClient] = {}  # by class, oldest first
         source_claims.claim(self._source, self)
         lock = self._lock
@@ -190,15 +197,19 @@ class SlabAllocator(CallGuard):
     def take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
         """Allocate up to ``count`` blocks of ``size_class`` under one lock (a magazine refill).
 
-        Returns fewer, possibly none, when called re-entrantly (the heap may be half updated).
+        Returns fewer when memory runs out once at least one block is taken: the blocks taken
+        are the caller's, since giving them back would need memory too. Returns fewer,
+        possibly none, when called re-entrantly (the heap may be half updated).
 
         Raises:
-            MemoryError: no memory is left; the blocks already taken are given back first.
+            MemoryError: not one block could be taken; nothing has changed.
             PolicyError: the policy's ``select_slab`` gave a slab that cannot serve; the blocks
                 already taken are given back first.
+            TypeError: ``count`` is not an int.
             AllocatorClosedError: the allocator was closed.
 
-        Complexity: O(count), plus what new slabs cost.
+        Complexity: O(count), plus what new slabs cost; O(count) memory made before the first
+        block is taken.
         """
         self._check_closed("take_blocks")
         return self._exclusively(
@@ -206,23 +217,63 @@ class SlabAllocator(CallGuard):
         )
 
     def _take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
-        taken: list[int] = []
+        # Lock held, busy set. Everything a shorter batch needs is made before the first take,
+        # so that handing one out allocates nothing and calls nothing: lists of ``count``
+        # slots, then of half as many, down to one (a list made with n slots loses up to half
+        # of them without reallocating, so one of these holds a batch of any length), and the
+        # successor of every index, as ints that already exist (beyond 256, ``n + 1`` would
+        # be a new int).
+        lists = [[0] * count]
+        while len(lists[-1]) > 1:
+            lists.append([0] * (len(lists[-1]) // 2))
+        lengths = [len(made) for made in lists]
+        following = list(range(1, count + 1))
+        taken, size, n = lists[0], size_class.slot_size, 0
         try:
-            for _ in range(count):
-                taken.append(self._take(size_class, size_class.slot_size))
-        except (MemoryError, PolicyError):
-            for address in taken:
-                self._free_locked(address)
-            raise
-        return taken
+            while n < count:
+                taken[n] = self._take(size_class, size)  # a store: the block is never in flight
+                n = following[n]
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is None:
+            return taken
+        if not n:
+            raise failure  # nothing was taken
+        if not isinstance(failure, (MemoryError, SystemError)):
+            # A refused answer or a signal handler's error, memory to spare: the batch goes back.
+            index = 0
+            while index < n:
+                self._free_locked(taken[index])
+                index = following[index]
+            raise failure
+        # Out of memory (or of frames): the n blocks go to the caller in the shortest list made
+        # above that holds them, cut to n by pops, which neither allocate nor reallocate.
+        level, last = 0, len(lengths) - 1
+        while level < last and lengths[level + 1] >= n:
+            level += 1
+        batch = lists[level]
+        index = 0
+        while level and index < n:
+            batch[index] = taken[index]
+            index = following[index]
+        index = n
+        while index < lengths[level]:
+            batch.pop()
+            index = following[index]
+        return batch
 
     def return_blocks(self, addresses: Sequence[int]) -> None:
         """Free every block of ``addresses`` under one lock (a magazine flush).
 
-        Called re-entrantly, the frees are deferred like any re-entrant free.
+        Called re-entrantly, the frees are deferred like any re-entrant free, all or nothing.
 
         Raises:
             InvalidFreeError: an address is not a live block; the ones before it are freed.
+            MemoryError: memory ran out at a block: the ones before it are freed, it and the
+                ones after it are live and intact (each free is all or nothing, and undoing
+                the frees done would need memory). Deferred: nothing is deferred.
 
         Complexity: O(len(addresses)) with an O(1) owner lookup.
         """
@@ -230,11 +281,9 @@ class SlabAllocator(CallGuard):
             for address in addresses:
                 self._free_locked(address)
 
-        def defer_each() -> None:
-            self._backlog.extend(addresses)
-            self._deferred_frees += len(addresses)
-
-        self._exclusively("return_blocks", free_each, reentrant=defer_each)
+        self._exclusively(
+            "return_blocks", free_each, reentrant=lambda: self._defer_frees(addresses)
+        )
 
     # --- allocation -------------------------------------------------------------------------
 
@@ -288,11 +337,25 @@ class SlabAllocator(CallGuard):
         return self._alloc_unusual(size, align)
 
     def _alloc_busy(self, size: int, align: int) -> int:
-        """``alloc`` found the heap busy (lock held): a re-entrant call. Releases the lock."""
+        """``alloc`` found the heap busy (lock held): a re-entrant call. Releases the lock.
+
+        Raises:
+            MemoryError: libc has no block, or there is no memory to record one (or a frame
+                for the call); nothing is left allocated.
+        """
+        # Not try/finally: see "Out of memory" in pyslab.core.guard.
         try:
-            return self._alloc_reentrant(size, align)
-        finally:
-            self._lock.release()
+            address = self._alloc_reentrant(size, align)
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        self._lock.release()
+        if failure is not None:
+            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
+                raise MemoryError(FRAME_FAILURE) from failure
+            raise failure
+        return address
 
     def _take_plain(self, size_class: SizeClass, size: int) -> int:
         # Lock held, busy set. Invariant: current is None or has a free slot.
@@ -337,14 +400,25 @@ class SlabAllocator(CallGuard):
 
     def _take_then(self, size_class: SizeClass, size: int, then: Callable[[int], object]) -> int:
         """Take a block for a call with a second step, ``then(address)`` (zeroing it, or
-        copying into it and freeing the old block), followed by the policy's
-        ``block_allocated``. Lock held, busy set.
+        copying into it and freeing the old block), and tell the policy (``block_allocated``).
+        Lock held, busy set.
 
         Undone without memory, so that a failure of the second step leaves the heap as it was
         even with memory exhausted: the core's stores are made but for the slab's leaving
         ``empty``; if ``then`` or the policy raises, the saved values are stored back (stores
         allocate nothing) and so is the slot's first word, the free-list link ``then`` may
-        have overwritten. ``then`` itself changes nothing when it raises.
+        have overwritten. ``then`` itself changes nothing when it raises. When every policy
+        that observes ``block_allocated`` can revert it (the composed
+        ``revert_block_allocated``), the policy is told before ``then``, whose failure is
+        then undone by that revert, which allocates nothing; so ``then`` may free the old
+        block of a move, a step nothing can undo, last. Otherwise (or with no observer) the
+        policy is told after ``then``, which must then be undoable by the core alone (zeroing).
+        Should the revert itself fail (a call that cannot get a frame), the block stays taken,
+        as the policy knows it, and the error is raised.
+
+        Raises:
+            Whatever the selection, ``then`` or the policy raised; the heap is as it was
+            (but for the block kept when the revert failed, see above).
 
         Complexity: as the plain take, plus ``then``.
         """
@@ -364,6 +438,8 @@ class SlabAllocator(CallGuard):
         used = slab.used + 1
         full = size_class.full + 1 if used == slab.capacity else 0
         class_live = size_class.live + 1
+        revert = self._policy.revert_block_allocated  # None: told after ``then``, see above
+        told = False
         # --- commit, but for ``empty`` ---
         slab.free = after
         slab.bump = bump
@@ -376,19 +452,32 @@ class SlabAllocator(CallGuard):
         if class_live > size_class.peak:
             size_class.peak = class_live
         try:
-            then(address)
-            self._block_allocated(slab, address, size)
+            if revert is None:  # no observer, or one that cannot undo: told once ``then`` ran
+                then(address)
+                self._block_allocated(slab, address, size)
+            else:  # told first: a failure of ``then`` is undone by the revert, below
+                self._block_allocated(slab, address, size)
+                told = True
+                then(address)
         except BaseException as error:  # see "Out of memory" in pyslab.core.guard
             failure: BaseException | None = error
         else:
             failure = None
-        if failure is not None:
+        kept = False  # the block stays taken, as the policy knows it: its revert failed
+        if failure is not None and told:
+            try:
+                revert(slab, address, size)  # type: ignore[misc]
+            except BaseException:  # see "Out of memory" in pyslab.core.guard
+                kept = True
+        if failure is not None and not kept:
             (slab.free, slab.bump, slab.live, slab.used, size_class.current,
              size_class.full, size_class.live, size_class.peak) = saved
             WORDS[word] = after
             raise failure
         if used == 1:
             del size_class.empty[slab]
+        if failure is not None:
+            raise failure
         return address
 
     def _refill(self, size_class: SizeClass) -> MemorySlab:
@@ -433,6 +522,8 @@ class SlabAllocator(CallGuard):
         )
 
     def _new_slab(self, size_class: SizeClass) -> MemorySlab:
+        if self._unreleased_count:
+            self._give_unreleased_back()  # first: raises, having changed nothing, if it fails
         serial = self._serial
         following = serial + 1
         color = self._color(size_class, serial)
@@ -444,7 +535,7 @@ class SlabAllocator(CallGuard):
         else:
             failure = None
         if failure is not None:
-            self._source.release_slab(base, self._slab_size)
+            self._give_pages_back(base)
             raise failure
         self._list_slab(size_class, slab)  # gives the pages back itself when it fails
         self._serial = following
@@ -476,7 +567,15 @@ class SlabAllocator(CallGuard):
         """
         policies = self._policy.policies if self._slab_added is not None else ()
         slabs = size_class.slabs
-        slabs[slab] = None  # the first write, which may fail: nothing else has changed yet
+        try:
+            slabs[slab] = None  # the first write, which may fail: nothing else has changed yet
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            unlisted: BaseException | None = error
+        else:
+            unlisted = None
+        if unlisted is not None:
+            self._give_pages_back(slab.base)
+            raise unlisted
         told = 0  # the policies passed, told or not listening
         try:
             size_class.empty[slab] = None
@@ -507,8 +606,50 @@ class SlabAllocator(CallGuard):
         del slabs[slab]
         if undone is not None:
             raise undone from failure
-        self._source.release_slab(slab.base, self._slab_size)
+        self._give_pages_back(slab.base)
         raise failure
+
+    def _give_pages_back(self, base: int) -> None:
+        """Give a slab's pages back to the page source; if that fails for want of memory,
+        record the base to be given back later (:meth:`_give_unreleased_back`), so that no
+        mapping is lost. Slab lock held.
+
+        Raises:
+            What the release raised but out of memory, or out of memory once every slot
+            for unreleased slabs is taken (then the pages stay mapped, counted by the source).
+
+        Complexity: one ``munmap`` (or an arena's extent update).
+        """
+        try:
+            self._source.release_slab(base, self._slab_size)
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is None:
+            return
+        count = self._unreleased_count
+        # No message read (that allocates): a SystemError here is a frame that could not be
+        # made, and the release has then not run.
+        if isinstance(failure, (MemoryError, SystemError)) and count < _UNRELEASED_SLOTS:
+            self._unreleased[count] = base
+            self._unreleased_count = count + 1  # a small int: cached, allocates nothing
+            return
+        raise failure
+
+    def _give_unreleased_back(self) -> None:
+        """Give back the pages of the slabs :meth:`_give_pages_back` could not, last first.
+
+        Raises:
+            MemoryError (or what the release raised): the slabs not yet given back stay
+                recorded.
+
+        Complexity: one ``munmap`` per recorded slab (at most ``_UNRELEASED_SLOTS``).
+        """
+        while self._unreleased_count:
+            count = self._unreleased_count - 1
+            self._source.release_slab(self._unreleased[count], self._slab_size)
+            self._unreleased_count = count
 
     def _color(self, size_class: SizeClass, serial: int) -> int:
         """The policy's ``slab_color`` for the next slab, checked.
@@ -533,10 +674,24 @@ class SlabAllocator(CallGuard):
     def _alloc_reentrant(self, size: int, align: int) -> int:
         # A finalizer or signal handler interrupted an allocator call on this thread: the slab
         # state may be half-updated, so libc serves the block and the outer call records it.
+        # All or nothing: the count is made before the block, and the item and its append (the
+        # writes that may allocate) come before the count's store; when they fail, the block
+        # goes back to libc (or, if even that needs memory, stays with libc, unknown to the
+        # heap: the heap is as it was either way).
+        count = self._reentrant_allocs + 1
         address = _libc.system_malloc(size, align)
-        self._backlog.append((address, size))
-        self._reentrant_allocs += 1
-        return address
+        try:
+            self._backlog.append((address, size))
+        except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+            failure: BaseException | None = error
+        else:
+            failure = None
+        if failure is None:
+            self._reentrant_allocs = count
+            return address
+        with contextlib.suppress(MemoryError):  # else it stays with libc, uncounted by the heap
+            _libc.system_free(address)
+        raise failure
 
     def _alloc_unusual(self, size: object, align: object) -> int:
         """Everything but a small request of a valid size: closed, bad input, or large."""
@@ -633,7 +788,12 @@ class SlabAllocator(CallGuard):
     def _move(self, ptr: int, size: int, align: int) -> int:
         """``realloc`` under the lock: in place when the class is the same; else a new block,
         the contents copied, the old block freed, each undone if a later one fails (the old
-        block then stays live, untouched)."""
+        block then stays live, untouched).
+
+        Within the core (no front end, a slab block to a slab block) the new block is taken
+        by :meth:`_take_then`, whose undo needs no memory, when no policy observes
+        ``block_allocated`` or every one that does can revert it; otherwise through the
+        public operations (:meth:`_by_steps`)."""
         count = min(self.usable_size(ptr), size)
         policy = self._policy
         size_class = None if policy.frontends else self._class_for(size, align)
@@ -641,7 +801,7 @@ class SlabAllocator(CallGuard):
             slab = self._find_owner(ptr)
             if slab is not None and size_class is slab.size_class:
                 return ptr
-            if not policy.observes_blocks:
+            if policy.block_allocated is None or policy.revert_block_allocated is not None:
                 return self._exclusively(
                     "realloc",
                     lambda: self._take_then(
@@ -669,7 +829,9 @@ class SlabAllocator(CallGuard):
         the new block and raise. A large block goes straight back to the large-object service,
         whose release succeeds with memory exhausted (the block awaits release); a slab block
         is freed through the public ``free``, which may itself need memory: under persistent
-        exhaustion, a front end's or an observing policy's block can then stay allocated."""
+        exhaustion, a front end's block, or one a policy observes without the revert hooks
+        (the core's own moves go through :meth:`_take_then` otherwise), can then stay
+        allocated."""
         new = self.alloc(size, align)
         try:
             then(new)
@@ -707,10 +869,18 @@ class SlabAllocator(CallGuard):
             return
         lock = self._lock
         lock.acquire()
-        if self._busy:
-            self._backlog.append(ptr)
-            self._deferred_frees += 1
+        if self._busy:  # re-entrant: deferred, all or nothing; the lock goes whatever happens
+            try:
+                self._defer_free(ptr)
+            except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+                refused: BaseException | None = error
+            else:
+                refused = None
             lock.release()
+            if refused is not None:  # nothing deferred: the block is live, as it was
+                if type(refused) is SystemError and NO_EXCEPTION_SET in str(refused):
+                    raise MemoryError(FRAME_FAILURE) from refused
+                raise refused
             return
         self._busy = True
         # Not try/finally: see "Out of memory" in pyslab.core.guard.
@@ -805,8 +975,8 @@ class SlabAllocator(CallGuard):
         if not. The free that emptied it has happened: if memory runs out while asking or
         releasing, the slab stays cached (a valid state, in ``empty``), and the next free that
         empties a slab, ``shrink()`` or ``close()`` gives it back. (Or, when only giving the
-        pages back failed, the slab has left the heap and its pages stay mapped: see
-        :meth:`_release_slab`.)
+        pages back failed, the slab has left the heap and its pages await their release: see
+        :meth:`_give_pages_back`.)
 
         Raises:
             Whatever the policy raised but out of memory (a signal handler's exception).
@@ -880,25 +1050,59 @@ class SlabAllocator(CallGuard):
     def _release_slab(self, size_class: SizeClass, slab: MemorySlab) -> None:
         """Give an empty slab back to the page source. Lock held.
 
-        The policies are told first: when one raises, nothing else has changed (each hook of
-        this package is all or nothing, and the index policies' allocate nothing). The core's
-        own writes are deletions and a store, which allocate nothing. Giving the pages back
-        comes last and may fail (no memory to pass the arguments to ``munmap``, or for the
-        arena's extent list): the slab has then left the heap and every policy, and its pages
-        stay mapped, counted by the source as still handed out.
+        The policies are told first, one by one, last first (the converse of
+        :meth:`_list_slab`, and the index policies, which allocate nothing, usually come
+        first in a composition, so last here). When one raises, those already told are told
+        ``slab_added`` again, in composition order, and nothing else has changed (each hook
+        of this package is all or nothing). The core's own writes are deletions and a
+        store, which allocate nothing. Giving the pages back comes last and may fail (no
+        memory to pass the arguments to ``munmap``, or for the arena's extent list): the
+        slab has then left the heap and every policy, and its pages await their release
+        (:meth:`_give_pages_back`).
 
         Raises:
-            Whatever a ``slab_removed`` hook or the page source raised (see above).
+            Whatever a ``slab_removed`` hook or the page source raised (see above); or what a
+            ``slab_added`` telling a policy of the slab again raised, chained to the first
+            error: that policy has then forgotten a slab the heap keeps (re-entering a slab
+            in a dict needs memory only when the dict must grow).
 
         Complexity: the hooks', plus one ``munmap`` (or an arena's extent update).
         """
         if self._slab_removed is not None:
-            self._slab_removed(size_class, slab)
+            policies = self._policy.policies
+            told = len(policies)  # policies[told:] were told
+            try:
+                while told:
+                    told -= 1
+                    if type(policies[told]).slab_removed is not Policy.slab_removed:
+                        policies[told].slab_removed(size_class, slab)
+            except BaseException as error:  # see "Out of memory" in pyslab.core.guard
+                failure: BaseException | None = error
+            else:
+                failure = None
+            if failure is not None:
+                told += 1  # the one that raised changed nothing
+                try:
+                    while told < len(policies):
+                        policy = policies[told]
+                        if (
+                            type(policy).slab_removed is not Policy.slab_removed
+                            and type(policy).slab_added is not Policy.slab_added
+                        ):
+                            policy.slab_added(size_class, slab)
+                        told += 1
+                except BaseException as error:
+                    undone: BaseException | None = error
+                else:
+                    undone = None
+                if undone is not None:
+                    raise undone from failure
+                raise failure
         del size_class.slabs[slab]
         del size_class.empty[slab]
         if size_class.current is slab:
             size_class.current = None
-        self._source.release_slab(slab.base, self._slab_size)
+        self._give_pages_back(slab.base)
 
     def _free_large(self, ptr: int) -> None:
         if not self._large.holds(ptr):
@@ -1295,7 +1499,8 @@ class SlabAllocator(CallGuard):
             return self._exclusively("shrink", self._release_empty_slabs)
 
     def _release_empty_slabs(self) -> int:
-        released = 0
+        released = self._unreleased_count * self._slab_size
+        self._give_unreleased_back()
         for size_class in self._classes:
             for slab in list(size_class.empty):
                 self._release_slab(size_class, slab)
@@ -1342,7 +1547,10 @@ class SlabAllocator(CallGuard):
             check_class(size_class, live)
         if self._policy.check is not None:
             self._policy.check()
-        check_source(self._source, len(seen_bases), self._slab_size)
+        unreleased = self._unreleased[:self._unreleased_count]
+        if seen_bases.intersection(unreleased):
+            raise CorruptionError(f"a listed slab awaits the release of its pages: {unreleased}")
+        check_source(self._source, len(seen_bases) + len(unreleased), self._slab_size)
 
     def close(self) -> None:
         """Release every slab and large block, keeping mapped only what live Python objects use.
@@ -1404,6 +1612,7 @@ class SlabAllocator(CallGuard):
             self._large.sizes,
         )
         retained = self._retained
+        self._give_unreleased_back()
         for name in self._FRONT_OPERATIONS:
             self.__dict__.pop(name, None)  # the core's methods now refuse every call
         for size_class in self._classes:
@@ -1516,6 +1725,10 @@ def _with_frames(work: Callable[[], _T]) -> _T:
         if is_out_of_memory(error):
             raise MemoryError(FRAME_FAILURE) from error
         raise
+
+
+_UNRELEASED_SLOTS: Final = 8
+"""Slabs whose pages may await their release at once (see ``_give_pages_back``)."""
 
 
 def _no_op(*_: object) -> None:

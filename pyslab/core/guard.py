@@ -48,29 +48,66 @@ a call either completes or raises having changed nothing:
   saved values when the hook raises (for a free, the block's first word too, which the
   free-list link overwrote, and a slab's joining ``empty`` by a deletion): a free either
   happens or raises with the block live and intact (``_take_observed``,
-  ``_give_back_observed``).
+  ``_give_back_observed``). Several policies that observe blocks are told one by one
+  (:mod:`pyslab.policy.compose`); when one raises, those already told are reverted, last
+  first, through ``revert_block_allocated`` / ``revert_block_freed``, which store back the
+  objects the hook saved and delete what it inserted, allocating nothing. No revert
+  re-inserts a key a dict lost (the dict may have to grow): ``fullest-first`` and ``stats``
+  leave the entry a slab or block leaves as a *stale* entry, deleted by their next hook.
+  The policies with reverts are told first, so one policy without them, told last, keeps
+  the composed hook all or nothing.
+- A call with a second step after a slab block is taken (``calloc`` zeroing it, a moving
+  ``realloc`` copying into it and freeing the old block): when every policy that observes
+  ``block_allocated`` can revert it (or none observes it), the core takes the block itself
+  and tells the policies before the second step, which may then fail and be undone without
+  memory: the revert, then the saved values (``_take_then``). The old block's free comes
+  last, since nothing can undo it, and is all or nothing itself. Otherwise a move goes
+  through the public ``alloc`` and ``free`` (``_by_steps``), and giving the new block back
+  needs memory (the policy's ``block_freed``): under persistent exhaustion it may stay
+  allocated. So it does under a front end, whose ``free`` needs memory of its own (the
+  front end must be told, and a front end's books are its own: the core cannot bypass it).
 - ``slab_added``: the core lists the slab, then tells each listening policy in turn; when one
   raises, those already told are told ``slab_removed`` (which allocates nothing for the index
   policies), the listing is deleted and the pages go back to the source (``_list_slab``).
-- ``slab_removed`` comes before any write of the core: when it raises, nothing has changed.
-  Giving the pages back comes last; when that fails, the slab has left the heap and its pages
-  stay mapped (``_release_slab``).
+- ``slab_removed`` comes before any write of the core, told to each listening policy in
+  turn, last first: when one raises, those already told are told ``slab_added`` again, and
+  nothing has changed (but for a policy whose ``slab_added`` then fails too: re-entering the
+  slab in a dict needs memory only when the dict must grow). Giving the pages back comes
+  last; when that fails for want of memory, the slab has left the heap and its base is
+  recorded (pre-sized slots), its pages given back before the next slab is mapped, at
+  ``shrink()`` or at ``close()`` (``_give_pages_back``). A page source counts a mapping
+  before it makes it and a release before it undoes it, so no mapping goes unrecorded.
 - ``slab_refilled`` and ``keep_empty`` (with the release it may ask for) are advice, asked
   once the free stands: out of memory there is swallowed, the books being consistent either
   way (``_tell_refilled``, ``_offer_empty``).
 - ``select_slab`` and ``slab_color`` are decisions, made before any write of the core.
 
-One case is not covered: two policies that both observe ``block_allocated`` or
-``block_freed`` are told through one composed callable, so that when the second raises, the
-first's update stands while the core undoes its own (the composed notification cannot tell
-the core which policies it told, and the inverse update needs memory too).
+The re-entrant paths and the batch calls keep the same rule:
+
+- A re-entrant ``free`` is deferred all or nothing (:meth:`CallGuard._defer_free`: the new
+  count, then the append, then the count's store), under a handler that releases the lock
+  whatever happens: it either is deferred or raises ``MemoryError`` with the block live. A
+  re-entrant ``alloc`` records libc's block the same way, and gives it back to libc when it
+  cannot. Both, and the re-entrant slow paths (:meth:`CallGuard._exclusively`), release the
+  lock in straight-line code, and a failure to get a frame there is a ``MemoryError`` too.
+- ``take_blocks`` makes, before its first take, every list a shorter batch needs (a list
+  loses up to half its slots without reallocating): out of memory once it has taken a
+  block, it hands over those it took, which giving back would need memory to do.
+  ``return_blocks`` stopped by memory running out has freed the blocks before the one it
+  stopped at (each free is all or nothing; undoing the others would need memory).
+
+Not covered: two policies that observe blocks without the revert hooks, composed: when the
+second raises, the first's update stands while the core undoes its own (and a move under
+such a policy goes through the public operations, above). A revert is a call, which could
+find no frame: ``_take_then`` then keeps the block taken, as the policies know it, and
+raises; within the composed hook, the policies not yet reverted keep their update.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, TypeVar
 
 from pyslab.errors import AllocatorClosedError, PyslabError, PyslabWarning
@@ -148,26 +185,31 @@ class CallGuard:
         if self._closed:
             lock.release()
             raise AllocatorClosedError(f"{operation}() on a closed allocator")
-        if self._busy:
-            try:
-                if reentrant is None:
-                    raise PyslabError(f"{operation}() cannot run inside another allocator call")
-                return reentrant()
-            finally:
-                lock.release()
-        self._busy = True
-        # Not try/finally, and no ``with``: see "Out of memory" above.
+        outermost = not self._busy
+        if outermost:
+            self._busy = True
+        elif reentrant is None:
+            lock.release()
+            raise PyslabError(f"{operation}() cannot run inside another allocator call")
+        else:
+            work = reentrant  # the heap may be half updated: leave it alone
+        # Not try/finally, and no ``with``: see "Out of memory" above. A re-entrant call runs
+        # under the same handler, so that its failure for want of a frame, too, releases the
+        # lock and surfaces as MemoryError.
         try:
             result = work()
         except BaseException as error:
             failure: BaseException | None = error
         else:
             failure = None
-        self._busy = False
-        if self._backlog:
-            self._settle_and_release()
-        else:
+        if not outermost:
             lock.release()
+        else:
+            self._busy = False
+            if self._backlog:
+                self._settle_and_release()
+            else:
+                lock.release()
         if failure is not None:
             # Inline, not a call: a call could itself fail for want of a frame.
             if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
@@ -222,6 +264,38 @@ class CallGuard:
                 raise MemoryError(FRAME_FAILURE) from failure
             raise failure
         return result
+
+    def _defer_free(self, ptr: int) -> None:
+        """Put the free of ``ptr`` in the backlog (a re-entrant ``free``). Lock held, busy set.
+
+        All or nothing: the new count is made first, then the append (the one write that may
+        allocate: the list may grow), then the count is stored, which allocates nothing.
+
+        Raises:
+            MemoryError: no memory for the count or the backlog's growth; nothing is deferred.
+
+        Complexity: O(1) amortized.
+        """
+        deferred = self._deferred_frees + 1
+        self._backlog.append(ptr)
+        self._deferred_frees = deferred
+
+    def _defer_frees(self, addresses: Sequence[int]) -> None:
+        """Put the frees of ``addresses`` in the backlog (a re-entrant ``return_blocks``).
+        Lock held, busy set.
+
+        All or nothing, as :meth:`_defer_free`: a list or tuple extends the backlog in one
+        growth before any item is copied (another sequence is copied into a tuple first).
+
+        Raises:
+            MemoryError: no memory for the copy, the count or the growth; nothing is deferred.
+
+        Complexity: O(len(addresses)).
+        """
+        items = addresses if type(addresses) in (list, tuple) else tuple(addresses)
+        deferred = self._deferred_frees + len(items)
+        self._backlog.extend(items)
+        self._deferred_frees = deferred
 
     def _settle_and_release(self) -> None:
         try:

@@ -142,9 +142,12 @@ class MmapPageSource:
             MemoryError: the kernel refused (``ENOMEM``).
             OSError: any other ``mmap`` failure.
         """
+        # The new count first: a Python allocation failing after the system call would
+        # leave a mapping nobody knows of (out of memory, see pyslab.core.guard).
+        mapped = self._mapped + size
         small = size <= self._page_size
         address = _libc.map_anonymous(size) if small else self._map_aligned(size)
-        self._mapped += size
+        self._mapped = mapped
         return address
 
     def _map_aligned(self, size: int) -> int:
@@ -159,9 +162,11 @@ class MmapPageSource:
         return start
 
     def release_slab(self, address: int, size: int) -> None:
-        """Unmap the region: its pages leave the process at once."""
+        """Unmap the region: its pages leave the process at once. The new count is computed
+        first, so that once the pages are gone nothing can fail."""
+        mapped = self._mapped - size
         _libc.unmap(address, size)
-        self._mapped -= size
+        self._mapped = mapped
 
     def close(self) -> None:
         """Nothing to do: every slab is its own mapping and the allocator releases each."""

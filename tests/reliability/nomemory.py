@@ -268,6 +268,16 @@ class SweepReport:
     problems: list[str] = field(default_factory=list)
 
 
+def _mapped_and_listed(heap: pyslab.SlabAllocator) -> tuple[int, int]:
+    """The bytes an mmap page source has mapped, and the bytes of the slabs the heap lists or
+    has yet to give back: equal, or a slab's pages were lost (an arena reserves its region:
+    not compared)."""
+    slabs = sum(len(c.slabs) for c in heap.size_classes) + heap._unreleased_count
+    listed = slabs * heap.slab_size
+    source = heap.page_source
+    return (source.mapped_bytes if type(source) is pyslab.core.MmapPageSource else listed), listed
+
+
 def _run_point(spec: str, scenario: Scenario, start: int, persistent: bool) -> tuple[bool, str]:
     """One injected call. Returns (the failure was reached, a problem or "")."""
     assert _testcapi is not None
@@ -315,6 +325,9 @@ def _run_point(spec: str, scenario: Scenario, start: int, persistent: bool) -> t
         live = heap.stats().live_blocks
         if live != expected:
             problems.append(f"{live} blocks live where {expected} should be")
+        mapped, listed = _mapped_and_listed(heap)
+        if mapped != listed:
+            problems.append(f"{mapped} bytes mapped for {listed} bytes of listed slabs")
         if problems:
             return True, f"{where}: " + "; ".join(problems)
         try:
