@@ -266,7 +266,7 @@ def filling_allocator(config: Configuration) -> tuple[pyslab.SlabAllocator, NewS
     Raises:
         pyslab.PyslabError: the configuration cannot be built.
     """
-    policies = [pyslab.make_policy(name) for name in config.names]
+    policies = pyslab.policy.parse_policies(config.spec)  # parameters kept; None: the default
     provider = next(
         p for p in reversed(policies) if type(p).select_slab is not pyslab.Policy.select_slab
     )
@@ -290,7 +290,10 @@ def build_full_heap(
     """
     allocator, filler = filling_allocator(config)
     try:
-        alloc, source = allocator.alloc, allocator.page_source
+        # Filled through the core's own alloc: a front end's magazines would take blocks
+        # ahead of those asked for, mapping slabs beyond the count. The blocks are the core's
+        # to free either way (a magazine takes any live block).
+        alloc, source = pyslab.SlabAllocator.alloc.__get__(allocator), allocator.page_source
         first = alloc(size)
         size_class = next(c for c in allocator.size_classes if c.live)
         # Slab capacity varies with coloring: stop when the last slab asked for is full (the

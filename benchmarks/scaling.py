@@ -30,7 +30,7 @@ LIBC = "libc malloc/free"
 
 
 def scaling_configs(context: Context) -> list[Configuration]:
-    """The default (O(slabs) first-fit) and the O(1) configurations, reclaim and hardening out.
+    """The default and the O(1) configurations, reclaim and hardening out (but in the default).
 
     Under churn no slab ever empties, so ``+reclaim`` compositions would repeat their base;
     hardening policies are measured by measurement 7 (and ``debug``'s free-list check walks
