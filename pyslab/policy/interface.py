@@ -116,10 +116,13 @@ class Heap(Protocol):
         ...
 
     def take_blocks(self, size_class: SizeClass, count: int) -> list[int]:
-        """Allocate ``count`` blocks of ``size_class`` under one lock (magazine refill).
+        """Allocate up to ``count`` blocks of ``size_class`` under one lock (magazine refill).
+
+        Returns fewer when memory ran out after some were taken (those are handed over), or
+        none when called re-entrantly.
 
         Raises:
-            MemoryError: no memory is left; the blocks already taken are given back first.
+            MemoryError: no block could be taken; nothing has changed.
         """
         ...
 

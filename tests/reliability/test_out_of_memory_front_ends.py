@@ -8,9 +8,9 @@
   ``validate()``.
 - The calls with a second step (``calloc``, ``realloc``: under a front end the core takes the
   new block through the front end's ``alloc`` and gives it back through its ``free``, which
-  need memory), and the large blocks of ``debug`` (a large block that ``debug`` could neither
-  hand out nor give back is parked, and the heap counts it as a live large block), are swept
-  with transient failures; the persistent ones are marked as the limits they are.
+  needs memory) are swept with transient failures; the persistent ones are marked as the
+  limit they are. ``debug``'s large blocks are swept in full: one it can neither hand out nor
+  give back through the core goes back through the large-block books, which need no memory.
 - A real ``RLIMIT_AS`` in a child process: frees near the limit either free the block or raise
   ``MemoryError`` leaving it live, bytes intact and freeable once memory is back.
 - ``debug`` names the size the caller asked for in its ``MemoryError``.
@@ -121,17 +121,13 @@ def _check(report: SweepReport) -> None:
     assert report.failures > 0
 
 
-def _transient_only(spec: str) -> tuple[str, ...]:
-    return TWO_STEP + LARGE if "debug" in spec else TWO_STEP
-
-
 def _fully(spec: str) -> tuple[Scenario, ...]:
-    skip = _transient_only(spec) + SLOW
+    skip = TWO_STEP + SLOW
     return tuple(s for s in SCENARIOS if s.name not in skip)
 
 
 def _two_step(spec: str) -> tuple[Scenario, ...]:
-    return tuple(s for s in SCENARIOS if s.name in _transient_only(spec))
+    return tuple(s for s in SCENARIOS if s.name in TWO_STEP)
 
 
 @needs_testcapi
