@@ -6,8 +6,8 @@ and TLB misses whatever the algorithm, so libc ``malloc``+``free`` runs the same
 the same number of live bytes beside pyslab, and each configuration's growth (time at the
 largest level / time at 1 slab) is compared with libc's growth.
 
-Target: configurations with an O(1) owner lookup grow at most 1.2x as much as libc;
-the default ``first-fit`` is shown growing (its ``free`` walks every slab, as the seed says).
+Target: configurations with an O(1) owner lookup grow at most 1.2x as much as libc (the
+default among them).
 """
 
 from __future__ import annotations
