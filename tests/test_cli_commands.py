@@ -56,10 +56,11 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 def _listing(text: str) -> dict[str, str]:
     """``pyslab policies``/``workloads`` output as ``{name: text}``, wrapped lines joined and
-    a ``; takes: ...`` tail left out."""
+    a ``; takes: ...`` tail left out (and the ``default:`` line after the policies)."""
     listed: dict[str, str] = {}
     name = ""
-    for line in text.splitlines():
+    listing, _, _ = text.partition("\ndefault: ")
+    for line in listing.splitlines():
         if line.startswith(" "):
             listed[name] += " " + line.strip()
         else:
@@ -75,6 +76,7 @@ def test_policies_lists_every_policy_with_its_description_and_parameters(
     assert status == 0
     assert _listing(out) == pyslab.policies()
     assert "reclaim " in out and "takes: keep=4" in " ".join(out.split())
+    assert out.endswith(f"\ndefault: {pyslab.policy.DEFAULT_POLICY}\n")
 
 
 def test_listings_fit_80_columns_when_piped(capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pyslab.policy import policy_entries
+from pyslab.policy import DEFAULT_POLICY, policy_entries
 
 from ._common import SPEC_HELP, Subparsers, print_entries
 
@@ -21,5 +21,8 @@ def add_parser(subparsers: Subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print one line per policy, broken ones with their error. Returns 0."""
-    return print_entries(policy_entries())
+    """Print one line per policy, broken ones with their error, then the composition that
+    ``SlabAllocator()`` builds. Returns 0."""
+    status = print_entries(policy_entries())
+    print(f"\ndefault: {DEFAULT_POLICY}")
+    return status
