@@ -95,7 +95,8 @@ Invariants (checked by :meth:`SlabAllocator.validate`)
 5. ``slab in SizeClass.empty`` exactly when ``used == 0``.
 6. ``SizeClass.live`` is the sum of its slabs' ``used``, and ``peak >= live``.
 7. ``SizeClass.current`` is None or a slab of the class with a free slot.
-8. Outside an allocator call no re-entrant work is pending (the backlog is empty).
+8. Outside an allocator call no re-entrant work is pending (the backlog is empty), unless
+   settling it ran out of memory: then the next call settles it on its way out.
 9. The page source has handed out at least ``slab_size`` bytes per slab, listed or awaiting
    the release of its pages (a release that ran out of memory; retried before the next slab
    is mapped, at ``shrink()`` and at ``close()``).

@@ -1527,8 +1527,10 @@ class SlabAllocator(CallGuard):
         Complexity: O(slabs + free slots).
         """
         with self._lock:
-            # Invariant 8 holds between calls: checked before this call can defer anything.
+            # Invariant 8 holds between calls: checked before this call can defer anything,
+            # once what a settling that ran out of memory left pending is settled.
             if not self._busy:
+                self._settle()
                 check_unsettled(self._backlog)
         self._read("validate", self._check_invariants, consistent=True)
 

@@ -14,8 +14,9 @@ explicit ``acquire``/``release``; the slow paths and the queries go through
 strike at the entry of any Python function, a context manager's ``__exit__`` included, which
 would then never clear the busy flag; a ``finally`` in the same frame always does.
 
-Invariant: outside every call of the allocator, ``_busy`` is False and ``_backlog`` is empty
-(invariant 8 of the package docstring).
+Invariant: outside every call of the allocator, ``_busy`` is False and ``_backlog`` is empty,
+unless settling it ran out of memory, in which case the next call settles it (invariant 8 of
+the package docstring).
 
 Out of memory
 -------------
@@ -145,7 +146,7 @@ class CallGuard:
         # True while a call of this thread is inside the locked region: a call that finds it
         # set is re-entrant (a finalizer or signal handler interrupted the outer call).
         self._busy = False
-        self._backlog: list[Deferred] = []
+        self._backlog: list[Deferred | None] = []  # None: settled, not yet deleted
         self._queries = 0  # queries in progress on the thread that set busy (they nest)
         # Set by close(), under the lock; a slow path that got the lock after it refuses.
         self._closed = False
@@ -298,29 +299,58 @@ class CallGuard:
         self._deferred_frees = deferred
 
     def _settle_and_release(self) -> None:
+        """Settle the backlog (see :meth:`_settle`), then release the lock.
+
+        The call that settles has done its own work: out of memory while settling is not its
+        failure, and what is left stays pending for the next call. No ``finally``: see "Out
+        of memory" above.
+
+        Raises:
+            What settling raised but out of memory (a signal handler's exception).
+        """
         try:
             self._settle()
-        finally:
-            self._lock.release()
+        except BaseException as error:
+            failure: BaseException | None = error
+        else:
+            failure = None
+        self._lock.release()
+        # No message read (that allocates): a SystemError here is a frame that could not be
+        # made, and the item it was for is back in the backlog.
+        if failure is not None and not isinstance(failure, (MemoryError, SystemError)):
+            raise failure
 
     def _settle(self) -> None:
-        """Complete what re-entrant calls left in the backlog. Lock held, busy clear.
+        """Complete what re-entrant calls left in the backlog, oldest first. Lock held, busy
+        clear.
 
-        Never raises but for the unforeseen (its caller releases the lock after it): an
-        invalid deferred free is recorded and warned, since its caller is gone.
+        An invalid deferred free is recorded and warned, since its caller is gone. Each item
+        is completed at the head of the backlog, all or nothing, then marked settled (None,
+        a store) and deleted. Out of memory while completing, the item stays at the head;
+        while deleting (a list may reallocate to shrink), the settled mark stays and is
+        skipped next time. Either way settling stops, nothing is lost or done twice, and the
+        next call settles the rest on its way out (invariant 8 allows exactly that).
+
+        Raises:
+            MemoryError (or a frame failure's SystemError): settling stopped, nothing lost.
         """
-        errors: list[PyslabError] = []
         self._busy = True
         try:
             backlog = self._backlog
             while backlog:
-                item = backlog.pop(0)
-                try:
-                    self._complete(item)
-                except PyslabError as error:
-                    errors.append(error)
+                item = backlog[0]
+                if item is not None:
+                    try:
+                        self._complete(item)
+                    except PyslabError as error:
+                        backlog[0] = None  # first: recording the error may run out of memory
+                        self._record_deferred_error(error)
+                    backlog[0] = None
+                del backlog[0]
         finally:
             self._busy = False
-        for failure in errors:
-            self.deferred_errors.append(failure)
-            warnings.warn(f"deferred free failed: {failure}", PyslabWarning, stacklevel=3)
+
+    def _record_deferred_error(self, error: PyslabError) -> None:
+        """Record and warn the error of a deferred free, whose caller is gone."""
+        self.deferred_errors.append(error)
+        warnings.warn(f"deferred free failed: {error}", PyslabWarning, stacklevel=4)

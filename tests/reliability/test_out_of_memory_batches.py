@@ -320,3 +320,57 @@ def test_a_slab_removal_refused_by_one_policy_is_undone_for_the_others(
         for address in made[:-1]:
             heap.free(address)
         heap.validate()
+
+
+# --- settling the backlog with memory exhausted -----------------------------------------------
+
+
+class DefersThenStarves(Policy):
+    """From ``block_allocated``, once armed: free ``victim`` (deferred: the heap is busy), then
+    make every Python allocation from the ``start``-th on fail, for the rest of the outer call:
+    its settling of the backlog runs out of memory."""
+
+    name = "defers-then-starves"
+    description = "test mode: a deferred free, then memory failing for the outer call's end"
+
+    def __init__(self) -> None:
+        self.victim = 0
+        self.start = 0
+
+    def block_allocated(self, slab: MemorySlab, address: int, size: int) -> None:
+        victim, self.victim = self.victim, 0
+        if victim:
+            self.heap.free(victim)  # type: ignore[attr-defined]
+            _testcapi.set_nomemory(self.start, 0)
+
+
+@needs_testcapi
+@pytest.mark.timeout(120)
+def test_settling_a_deferred_free_out_of_memory_loses_neither_the_call_nor_the_free() -> None:
+    # The outer alloc has taken its block when it settles the backlog: running out of memory
+    # there must neither turn its success into an error (the block would have nobody) nor
+    # drop the deferred free (its block would stay live for good). The free stays pending,
+    # and the next call carries it out.
+    for start in range(40):
+        policy = DefersThenStarves()
+        with pyslab.SlabAllocator(policy=["dict-lookup", policy]) as heap:
+            held = [heap.alloc(48) for _ in range(3)]
+            policy.victim, policy.start = held[1], start
+            gc.collect()
+            gc.disable()
+            try:
+                address = heap.alloc(48)
+            except BaseException as error:
+                outcome: object = error
+            else:
+                outcome = address
+            finally:
+                _testcapi.remove_mem_hooks()
+                gc.enable()
+            assert isinstance(outcome, int), f"start {start}: the alloc raised {outcome!r}"
+            heap.free(heap.alloc(24))  # settles what is pending
+            heap.validate()
+            assert heap.owns(outcome), f"start {start}: the new block is not live"
+            assert not heap.owns(held[1]), f"start {start}: the deferred free was lost"
+            assert heap.stats().live_blocks == 3
+            assert heap.stats().deferred_frees == 1
