@@ -233,14 +233,14 @@ class CallGuard:
         """
         lock = self._lock
         lock.acquire()
-        if self._busy and not self._queries:
-            if consistent:
-                lock.release()
-                raise PyslabError(f"{operation}() cannot run inside another allocator call")
-            return self._read_reentrant(work)  # releases the lock
+        inside = self._busy and not self._queries  # inside a mutating call (re-entrant)
+        if inside and consistent:
+            lock.release()
+            raise PyslabError(f"{operation}() cannot run inside another allocator call")
         outermost = not self._busy
-        self._busy = True
-        self._queries += 1
+        if not inside:
+            self._busy = True
+            self._queries += 1
         # Not try/finally, and no ``with``: see "Out of memory" above.
         try:
             result = work()
@@ -248,7 +248,8 @@ class CallGuard:
             failure: BaseException | None = error
         else:
             failure = None
-        self._queries -= 1
+        if not inside:
+            self._queries -= 1
         if outermost:
             self._busy = False
             if self._backlog:
@@ -295,25 +296,6 @@ class CallGuard:
         deferred = self._deferred_frees + len(items)
         self._backlog.extend(items)
         self._deferred_frees = deferred
-
-    def _read_reentrant(self, work: Callable[[], _T]) -> _T:
-        """A query made from inside a mutating call: ``work()``, then the lock released, with
-        a call that could not get a frame raised as ``MemoryError``. Lock held (once more).
-
-        No ``finally``: see "Out of memory" above.
-        """
-        try:
-            result = work()
-        except BaseException as error:
-            failure: BaseException | None = error
-        else:
-            failure = None
-        self._lock.release()
-        if failure is not None:
-            if type(failure) is SystemError and NO_EXCEPTION_SET in str(failure):
-                raise MemoryError(FRAME_FAILURE) from failure
-            raise failure
-        return result
 
     def _settle_and_release(self) -> None:
         """Settle the backlog (see :meth:`_settle`), then release the lock.
